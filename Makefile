@@ -1,0 +1,64 @@
+# financeATP: `make run` serves the API, `make test` runs every test. See README.md.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+# PostgreSQL server binaries (initdb, postgres, pg_ctl): Debian keeps them off PATH.
+PG_BINDIR ?= $(shell pg_config --bindir 2>/dev/null | grep -v '^/usr/bin$$' || ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+export PATH := $(PG_BINDIR):$(PATH)
+
+# Functions and triggers are re-applied on every migrate, helpers first.
+SQL_FILES := $(sort $(wildcard sql/ledger/*.sql)) $(sort $(wildcard sql/api/*.sql))
+
+.PHONY: help venv deps test lint format migrate
+
+help:
+	@echo "make run      serve the API on http://127.0.0.1:8000 (embedded PostgreSQL unless DATABASE_URL is set)"
+	@echo "make test     run every test against temporary PostgreSQL clusters"
+	@echo "make migrate  apply migrations and sql/ to DATABASE_URL"
+	@echo "make lint     ruff check and format check"
+
+$(STAMP): pyproject.toml
+	@rm -f $(VENV)/.installed-*
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+# Debian packages the tests need: pgTAP. Installed when we are root, explained otherwise.
+deps:
+	@if [ -f "$$($(PG_BINDIR)/pg_config --sharedir 2>/dev/null || echo /usr/share/postgresql/15)/extension/pgtap.control" ] \
+	    || ls /usr/share/postgresql/*/extension/pgtap.control >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq postgresql-15-pgtap >/dev/null 2>&1 \
+	     || (apt-get update -qq && apt-get install -y -qq postgresql-15-pgtap >/dev/null)); \
+	else \
+	    echo "pgTAP is missing: install it (Debian: sudo apt-get install postgresql-15-pgtap)"; exit 1; \
+	fi
+	@command -v initdb >/dev/null || { echo "PostgreSQL server binaries not found (Debian: apt-get install postgresql-15)"; exit 1; }
+
+test: $(STAMP) deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+migrate: $(STAMP)
+	@test -n "$(DATABASE_URL)" || { echo "make migrate: set DATABASE_URL (postgresql://user@host:port/db)"; exit 2; }
+	$(VENV)/bin/yoyo apply --batch --no-config-file \
+	    --database "$$(printf '%s' "$(DATABASE_URL)" | sed -E 's#^postgres(ql)?(\+[a-z0-9]+)?://#postgresql+psycopg://#')" migrations
+	psql "$(DATABASE_URL)" -X -q -1 -v ON_ERROR_STOP=1 -c 'SET ROLE atp_owner' \
+	    $(addprefix -f ,$(SQL_FILES)) -c 'SELECT ledger.ensure_partitions(3)' >/dev/null
+	@echo "migrated: $(words $(SQL_FILES)) sql files applied"

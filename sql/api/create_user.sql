@@ -1,0 +1,81 @@
+CREATE OR REPLACE FUNCTION api.create_user(
+    user_id uuid,
+    username text,
+    email text,
+    display_name text DEFAULT NULL,
+    idempotency_key uuid DEFAULT NULL,
+    request_hash text DEFAULT NULL,
+    api_key_hash text DEFAULT NULL,
+    request_user_id uuid DEFAULT NULL,
+    correlation_id text DEFAULT NULL,
+    client_addr inet DEFAULT NULL
+)
+RETURNS TABLE (status integer, body jsonb, replayed boolean)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    _ctx ledger.request_context;
+    _hash text;
+    _stored ledger.idempotency_keys;
+    _account uuid := ledger.uuid_v7();
+    _body jsonb;
+BEGIN
+    _ctx := ledger.authorize(create_user.api_key_hash, 'write', create_user.request_user_id,
+                             create_user.correlation_id, create_user.client_addr);
+    _hash := COALESCE(create_user.request_hash, ledger.fingerprint('create_user', jsonb_build_object(
+        'user_id', create_user.user_id, 'username', create_user.username,
+        'email', create_user.email, 'display_name', create_user.display_name)));
+    _stored := ledger.idempotency_lookup(_ctx, create_user.idempotency_key, 'create_user', _hash);
+    IF _stored.key IS NOT NULL THEN
+        RETURN QUERY SELECT _stored.response_status, _stored.response_body, true;
+        RETURN;
+    END IF;
+
+    IF create_user.user_id IS NULL OR create_user.username IS NULL OR create_user.email IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'user_id, username and email are required';
+    END IF;
+    PERFORM ledger.check_user_fields(create_user.username, create_user.email, create_user.display_name);
+    IF EXISTS (SELECT FROM ledger.users WHERE id = create_user.user_id) THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4093',
+            MESSAGE = format('user %s already exists', create_user.user_id);
+    END IF;
+    PERFORM ledger.check_user_unique(create_user.user_id, create_user.username, create_user.email);
+
+    BEGIN
+        INSERT INTO ledger.users (id, username, email, display_name)
+        VALUES (create_user.user_id, create_user.username, create_user.email,
+                NULLIF(create_user.display_name, ''));
+    EXCEPTION WHEN unique_violation THEN
+        -- Lost a race with a concurrent create of the same id, username or email.
+        RAISE EXCEPTION USING ERRCODE = 'L4093',
+            MESSAGE = 'a user with this id, username or email was created at the same time';
+    END;
+    INSERT INTO ledger.accounts (id, user_id, is_system, account_type)
+    VALUES (_account, create_user.user_id, false, 'user_wallet');
+    INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor,
+                               api_key_id, request_user_id, correlation_id)
+    VALUES ('user', create_user.user_id, 1, 'UserCreated',
+            jsonb_build_object('username', create_user.username, 'email', create_user.email,
+                               'display_name', NULLIF(create_user.display_name, '')),
+            _ctx.actor, _ctx.api_key_id, _ctx.request_user_id, _ctx.correlation_id),
+           ('account', _account, 1, 'AccountOpened',
+            jsonb_build_object('user_id', create_user.user_id, 'account_type', 'user_wallet'),
+            _ctx.actor, _ctx.api_key_id, _ctx.request_user_id, _ctx.correlation_id);
+
+    _body := ledger.user_json(create_user.user_id);
+    PERFORM ledger.write_audit(_ctx, 'user.create', 'user', create_user.user_id::text, NULL, _body);
+    PERFORM ledger.idempotency_store(_ctx, create_user.idempotency_key, 'create_user', _hash, 201, _body);
+    RETURN QUERY SELECT 201, _body, false;
+END
+$$;
+
+REVOKE ALL ON FUNCTION api.create_user(uuid, text, text, text, uuid, text, text, uuid, text, inet) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.create_user(uuid, text, text, text, uuid, text, text, uuid, text, inet)
+    TO atp_app, atp_dba;
+COMMENT ON FUNCTION api.create_user(uuid, text, text, text, uuid, text, text, uuid, text, inet) IS
+'Creates a user with its wallet (balance 0) and their first events. Needs write.
+Errors: L4001 invalid_request, L4093 user_exists (id, username or email taken), L4091 idempotency_conflict.
+Returns (status 201, body, replayed). Example: SELECT * FROM api.create_user(gen_random_uuid(), ''alice'', ''alice@example.com'', ''Alice'');';

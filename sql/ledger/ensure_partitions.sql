@@ -1,0 +1,56 @@
+-- Monthly partitions of ledger.events and ledger.ledger_entries from this month to
+-- months_ahead months ahead, so that no row ever waits for one (rows that arrive anyway land
+-- in the DEFAULT partition). Every partition, old and new, also gets the TRUNCATE trigger
+-- (statement triggers are not inherited) and loses INSERT/UPDATE/DELETE/TRUNCATE for the
+-- owner, so nobody writes around the parent's triggers.
+CREATE OR REPLACE FUNCTION ledger.ensure_partitions(months_ahead integer DEFAULT 3)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    _parent text;
+    _month date;
+    _name text;
+    _created text[] := '{}';
+    _skipped text[] := '{}';
+    _partition regclass;
+    _has_rows boolean;
+BEGIN
+    IF months_ahead IS NULL OR months_ahead < 0 OR months_ahead > 120 THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'months_ahead must be between 0 and 120';
+    END IF;
+    FOREACH _parent IN ARRAY ARRAY['events', 'ledger_entries'] LOOP
+        FOR _month IN
+            SELECT generate_series(date_trunc('month', now()),
+                                   date_trunc('month', now()) + make_interval(months => months_ahead),
+                                   interval '1 month')::date
+        LOOP
+            _name := _parent || '_' || to_char(_month, 'YYYY_MM');
+            CONTINUE WHEN to_regclass('ledger.' || _name) IS NOT NULL;
+            -- A month whose rows already sit in the default partition cannot be split off
+            -- without moving history; report it instead of failing the whole run.
+            EXECUTE format('SELECT EXISTS (SELECT FROM ledger.%I WHERE created_at >= %L AND created_at < %L)',
+                           _parent || '_default', _month, _month + interval '1 month')
+               INTO _has_rows;
+            IF _has_rows THEN
+                _skipped := _skipped || _name;
+                CONTINUE;
+            END IF;
+            EXECUTE format('CREATE TABLE ledger.%I PARTITION OF ledger.%I FOR VALUES FROM (%L) TO (%L)',
+                           _name, _parent, _month, _month + interval '1 month');
+            _created := _created || _name;
+        END LOOP;
+    END LOOP;
+
+    FOR _partition IN
+        SELECT inhrelid::regclass FROM pg_inherits
+         WHERE inhparent IN ('ledger.events'::regclass, 'ledger.ledger_entries'::regclass)
+    LOOP
+        EXECUTE format('CREATE OR REPLACE TRIGGER partition_no_truncate BEFORE TRUNCATE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION ledger.forbid_change()', _partition);
+        EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON %s FROM atp_owner', _partition);
+    END LOOP;
+    RETURN jsonb_build_object('created', to_jsonb(_created), 'skipped_default_has_rows', to_jsonb(_skipped));
+END
+$$;

@@ -1,0 +1,19 @@
+-- One audit row for one state change, stamped with the caller established by ledger.authorize.
+CREATE OR REPLACE FUNCTION ledger.write_audit(
+    ctx ledger.request_context,
+    action text,
+    resource_type text,
+    resource_id text,
+    before_state jsonb,
+    after_state jsonb
+)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO ledger.audit_log (actor, api_key_id, request_user_id, correlation_id, client_addr,
+                                  action, resource_type, resource_id, before_state, after_state,
+                                  row_hash)
+    VALUES (ctx.actor, ctx.api_key_id, ctx.request_user_id, ctx.correlation_id, ctx.client_addr,
+            action, resource_type, resource_id, before_state, after_state, '\x'::bytea)
+$$;
