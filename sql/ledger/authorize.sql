@@ -1,6 +1,7 @@
 -- Establishes who is calling and whether they may: an API key (by its SHA-256) with the
--- permission, within its per-minute rate limit; or, without a key, a database role that is a
--- member of atp_dba (anything) or atp_auditor (reads). Every api function starts here.
+-- permission (read, write, admin, or maintenance, which only admin keys hold), within its
+-- per-minute rate limit; or, without a key, a database role that is a member of atp_dba
+-- (anything), atp_auditor (read) or atp_app (maintenance). Every api function starts here.
 CREATE OR REPLACE FUNCTION ledger.authorize(
     api_key_hash text,
     permission text,
@@ -33,7 +34,9 @@ BEGIN
 
     IF authorize.api_key_hash IS NULL THEN
         IF pg_has_role(_ctx.actor, 'atp_dba', 'MEMBER')
-           OR (authorize.permission = 'read' AND pg_has_role(_ctx.actor, 'atp_auditor', 'MEMBER')) THEN
+           OR (authorize.permission = 'read' AND pg_has_role(_ctx.actor, 'atp_auditor', 'MEMBER'))
+           -- The service's scheduler runs the maintenance jobs, which take no caller input.
+           OR (authorize.permission = 'maintenance' AND pg_has_role(_ctx.actor, 'atp_app', 'MEMBER')) THEN
             _ctx.scope := 'role:' || _ctx.actor;
             RETURN _ctx;
         END IF;

@@ -55,15 +55,12 @@ BEGIN
             CONTINUE;
         END IF;
 
-        IF _e.event_type IN ('AccountDebited', 'AccountCredited') THEN
-            _delta := (_e.data ->> 'amount')::numeric
-                    * CASE WHEN (_e.event_type = 'AccountDebited') = (_e.normal_side = 'debit') THEN 1 ELSE -1 END;
-        ELSIF _e.event_type IN ('AccountFrozen', 'AccountUnfrozen', 'AccountClosed') THEN
-            _delta := 0;
-        ELSE
+        IF _e.event_type NOT IN ('AccountDebited', 'AccountCredited', 'AccountFrozen', 'AccountUnfrozen',
+                                 'AccountClosed') THEN
             RAISE EXCEPTION USING ERRCODE = 'L4001',
                 MESSAGE = format('unknown account event type %s', _e.event_type);
         END IF;
+        _delta := ledger.event_delta(_e.event_type, _e.data, _e.normal_side);
 
         UPDATE ledger.balances
            SET balance = balance + _delta,

@@ -1,0 +1,67 @@
+CREATE OR REPLACE FUNCTION api.burn(
+    from_user_id uuid,
+    amount numeric,
+    reason text DEFAULT NULL,
+    idempotency_key uuid DEFAULT NULL,
+    request_hash text DEFAULT NULL,
+    api_key_hash text DEFAULT NULL,
+    request_user_id uuid DEFAULT NULL,
+    correlation_id text DEFAULT NULL,
+    client_addr inet DEFAULT NULL
+)
+RETURNS TABLE (status integer, body jsonb, replayed boolean)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    _ctx ledger.request_context;
+    _hash text;
+    _stored ledger.idempotency_keys;
+    _id uuid := ledger.uuid_v7();
+    _posted record;
+    _body jsonb;
+BEGIN
+    _ctx := ledger.authorize(burn.api_key_hash, 'admin', burn.request_user_id,
+                             burn.correlation_id, burn.client_addr);
+    _hash := COALESCE(burn.request_hash, ledger.fingerprint('burn', jsonb_build_object(
+        'from_user_id', burn.from_user_id, 'amount', burn.amount, 'reason', burn.reason)));
+    _stored := ledger.idempotency_lookup(_ctx, burn.idempotency_key, 'burn', _hash);
+    IF _stored.key IS NOT NULL THEN
+        RETURN QUERY SELECT _stored.response_status, _stored.response_body, true;
+        RETURN;
+    END IF;
+
+    PERFORM ledger.check_amount(burn.amount);
+    IF length(burn.reason) > 500 THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'reason is longer than 500 characters';
+    END IF;
+    -- Retiring: the wallet and the issued-ATP account both shrink.
+    SELECT * INTO _posted FROM ledger.post_journal(
+        _ctx, _id, ledger.wallet_of(burn.from_user_id, 'from_user_id'), '00000000-0000-0000-0000-000000000101',
+        burn.amount, 'burn', 'burn', '00000000-0000-0000-0000-000000000001', burn.from_user_id, burn.reason);
+
+    _body := jsonb_build_object(
+        'burn_id', _id,
+        'status', 'completed',
+        'from_user_id', burn.from_user_id,
+        'amount', burn.amount::numeric(21, 8)::text,
+        'reason', burn.reason,
+        'created_at', ledger.rfc3339(_posted.created_at));
+    PERFORM ledger.write_audit(_ctx, 'burn', 'burn', _id::text,
+        jsonb_build_object('balance', _posted.debit_before::numeric(21, 8)::text,
+                           'issued', _posted.credit_before::numeric(21, 8)::text),
+        _body || jsonb_build_object('balance', _posted.debit_after::numeric(21, 8)::text,
+                                    'issued', _posted.credit_after::numeric(21, 8)::text));
+    PERFORM ledger.idempotency_store(_ctx, burn.idempotency_key, 'burn', _hash, 201, _body);
+    RETURN QUERY SELECT 201, _body, false;
+END
+$$;
+
+REVOKE ALL ON FUNCTION api.burn(uuid, numeric, text, uuid, text, text, uuid, text, inet) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.burn(uuid, numeric, text, uuid, text, text, uuid, text, inet) TO atp_app, atp_dba;
+COMMENT ON FUNCTION api.burn(uuid, numeric, text, uuid, text, text, uuid, text, inet) IS
+'Retires amount ATP from a user''s wallet (debit the wallet, credit mint_source). Needs admin.
+Errors: L4001 invalid_request, L4002 insufficient_balance, L4003 account_frozen, L4041 user_not_found, L4091 idempotency_conflict.
+Returns (status 201, body, replayed). Example: SELECT * FROM api.burn(:alice, 10, ''refund reversal'');';

@@ -1,0 +1,76 @@
+CREATE OR REPLACE FUNCTION api.delete_user(
+    user_id uuid,
+    idempotency_key uuid DEFAULT NULL,
+    request_hash text DEFAULT NULL,
+    api_key_hash text DEFAULT NULL,
+    request_user_id uuid DEFAULT NULL,
+    correlation_id text DEFAULT NULL,
+    client_addr inet DEFAULT NULL
+)
+RETURNS TABLE (status integer, body jsonb, replayed boolean)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    _ctx ledger.request_context;
+    _hash text;
+    _stored ledger.idempotency_keys;
+    _user ledger.users;
+    _wallet ledger.balances;
+    _before jsonb;
+    _at timestamptz;
+    _body jsonb;
+BEGIN
+    _ctx := ledger.authorize(delete_user.api_key_hash, 'write', delete_user.request_user_id,
+                             delete_user.correlation_id, delete_user.client_addr);
+    _hash := COALESCE(delete_user.request_hash,
+                      ledger.fingerprint('delete_user', jsonb_build_object('user_id', delete_user.user_id)));
+    _stored := ledger.idempotency_lookup(_ctx, delete_user.idempotency_key, 'delete_user', _hash);
+    IF _stored.key IS NOT NULL THEN
+        RETURN QUERY SELECT _stored.response_status, _stored.response_body, true;
+        RETURN;
+    END IF;
+
+    SELECT * INTO _user FROM ledger.users
+     WHERE id = delete_user.user_id AND deleted_at IS NULL AND NOT is_system
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found', delete_user.user_id);
+    END IF;
+    -- The wallet's row lock keeps money from arriving between the check and the close.
+    SELECT b.* INTO _wallet FROM ledger.balances b
+      JOIN ledger.accounts a ON a.id = b.account_id
+     WHERE a.user_id = _user.id AND a.account_type = 'user_wallet'
+       FOR UPDATE OF b;
+    IF _wallet.balance <> 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4094',
+            MESSAGE = format('user %s still holds %s ATP: a user can be deleted only with a zero balance',
+                             _user.id, _wallet.balance::numeric(21, 8));
+    END IF;
+
+    _before := ledger.user_json(_user.id);
+    _at := clock_timestamp();
+    UPDATE ledger.users SET deleted_at = _at, updated_at = _at WHERE id = _user.id;
+    INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor,
+                               api_key_id, request_user_id, correlation_id, created_at)
+    VALUES ('user', _user.id, _user.version + 1, 'UserDeleted', '{}'::jsonb,
+            _ctx.actor, _ctx.api_key_id, _ctx.request_user_id, _ctx.correlation_id, _at),
+           ('account', _wallet.account_id, _wallet.version + 1, 'AccountClosed', '{}'::jsonb,
+            _ctx.actor, _ctx.api_key_id, _ctx.request_user_id, _ctx.correlation_id, _at);
+
+    _body := jsonb_build_object('user_id', _user.id, 'status', 'deleted', 'deleted_at', ledger.rfc3339(_at));
+    PERFORM ledger.write_audit(_ctx, 'user.delete', 'user', _user.id::text, _before, _body);
+    PERFORM ledger.idempotency_store(_ctx, delete_user.idempotency_key, 'delete_user', _hash, 200, _body);
+    RETURN QUERY SELECT 200, _body, false;
+END
+$$;
+
+REVOKE ALL ON FUNCTION api.delete_user(uuid, uuid, text, text, uuid, text, inet) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.delete_user(uuid, uuid, text, text, uuid, text, inet) TO atp_app, atp_dba;
+COMMENT ON FUNCTION api.delete_user(uuid, uuid, text, text, uuid, text, inet) IS
+'Deletes a user logically: history stays, the wallet closes, username and email become free again.
+Refused while the balance is not zero. Needs write.
+Errors: L4041 user_not_found, L4094 balance_not_zero, L4091 idempotency_conflict.
+Returns (status 200, body, replayed). Example: SELECT * FROM api.delete_user(:alice);';

@@ -1,0 +1,67 @@
+CREATE OR REPLACE FUNCTION api.get_history(
+    user_id uuid,
+    "limit" integer DEFAULT 50,
+    cursor text DEFAULT NULL,
+    api_key_hash text DEFAULT NULL,
+    request_user_id uuid DEFAULT NULL,
+    correlation_id text DEFAULT NULL,
+    client_addr inet DEFAULT NULL
+)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    _account uuid;
+    _before bigint;
+    _items jsonb;
+    _next text;
+BEGIN
+    PERFORM ledger.authorize(get_history.api_key_hash, 'read', get_history.request_user_id,
+                             get_history.correlation_id, get_history.client_addr);
+    IF get_history."limit" IS NULL OR get_history."limit" NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'limit must be between 1 and 200';
+    END IF;
+    IF get_history.cursor IS NOT NULL THEN
+        IF get_history.cursor !~ '^[0-9]{1,18}$' THEN
+            RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'cursor is not valid: pass next_cursor back unchanged';
+        END IF;
+        _before := get_history.cursor::bigint;
+    END IF;
+    _account := ledger.wallet_of(get_history.user_id);
+
+    WITH page AS (
+        SELECT e.id, e.journal_id, e.kind, e.amount, e.counterparty_user_id, e.memo, e.balance_after, e.created_at
+          FROM ledger.ledger_entries e
+         WHERE e.account_id = _account AND (_before IS NULL OR e.id < _before)
+         ORDER BY e.id DESC
+         LIMIT get_history."limit" + 1
+    ), numbered AS (
+        SELECT page.*, row_number() OVER (ORDER BY page.id DESC) AS n FROM page
+    )
+    SELECT COALESCE(jsonb_agg(jsonb_build_object(
+               'id', n.journal_id,
+               'kind', n.kind,
+               'amount', n.amount::numeric(21, 8)::text,
+               'counterparty', n.counterparty_user_id,
+               'memo', n.memo,
+               'balance_after', n.balance_after::numeric(21, 8)::text,
+               'created_at', ledger.rfc3339(n.created_at)) ORDER BY n.id DESC)
+               FILTER (WHERE n.n <= get_history."limit"), '[]'::jsonb),
+           CASE WHEN count(*) > get_history."limit"
+                THEN (min(n.id) FILTER (WHERE n.n <= get_history."limit"))::text END
+      INTO _items, _next
+      FROM numbered n;
+    RETURN jsonb_build_object('user_id', get_history.user_id, 'items', _items, 'next_cursor', _next);
+END
+$$;
+
+REVOKE ALL ON FUNCTION api.get_history(uuid, integer, text, text, uuid, text, inet) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.get_history(uuid, integer, text, text, uuid, text, inet) TO atp_app, atp_dba, atp_auditor;
+COMMENT ON FUNCTION api.get_history(uuid, integer, text, text, uuid, text, inet) IS
+'A user''s money movements, newest first, with the balance after each (kind: mint, burn, transfer_in,
+transfer_out). Pages of "limit" (1 to 200); pass next_cursor back as cursor for the next page (null at the end).
+Needs read. Errors: L4001 invalid_request, L4041 user_not_found.
+Example: SELECT api.get_history(:alice, "limit" => 20);';

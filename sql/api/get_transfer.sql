@@ -1,0 +1,43 @@
+CREATE OR REPLACE FUNCTION api.get_transfer(
+    transfer_id uuid,
+    api_key_hash text DEFAULT NULL,
+    request_user_id uuid DEFAULT NULL,
+    correlation_id text DEFAULT NULL,
+    client_addr inet DEFAULT NULL
+)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    _body jsonb;
+BEGIN
+    PERFORM ledger.authorize(get_transfer.api_key_hash, 'read', get_transfer.request_user_id,
+                             get_transfer.correlation_id, get_transfer.client_addr);
+    SELECT jsonb_build_object(
+               'transfer_id', e.journal_id,
+               'status', 'completed',
+               'from_user_id', a.user_id,
+               'to_user_id', e.counterparty_user_id,
+               'amount', e.amount::numeric(21, 8)::text,
+               'memo', e.memo,
+               'created_at', ledger.rfc3339(e.created_at))
+      INTO _body
+      FROM ledger.ledger_entries e
+      JOIN ledger.accounts a ON a.id = e.account_id
+     WHERE e.journal_id = get_transfer.transfer_id AND e.kind = 'transfer_out';
+    IF _body IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4042',
+            MESSAGE = format('transfer %s not found', get_transfer.transfer_id);
+    END IF;
+    RETURN _body;
+END
+$$;
+
+REVOKE ALL ON FUNCTION api.get_transfer(uuid, text, uuid, text, inet) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.get_transfer(uuid, text, uuid, text, inet) TO atp_app, atp_dba, atp_auditor;
+COMMENT ON FUNCTION api.get_transfer(uuid, text, uuid, text, inet) IS
+'One transfer by its transfer_id. Needs read. Errors: L4042 not_found.
+Example: SELECT api.get_transfer(''0190...''::uuid);';

@@ -1,0 +1,51 @@
+CREATE OR REPLACE FUNCTION api.rebuild_projections(
+    api_key_hash text DEFAULT NULL,
+    request_user_id uuid DEFAULT NULL,
+    correlation_id text DEFAULT NULL,
+    client_addr inet DEFAULT NULL
+)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    _ctx ledger.request_context;
+    _changed jsonb;
+BEGIN
+    _ctx := ledger.authorize(rebuild_projections.api_key_hash, 'admin', rebuild_projections.request_user_id,
+                             rebuild_projections.correlation_id, rebuild_projections.client_addr);
+    -- Writers wait while the balances are recomputed; readers do not.
+    LOCK TABLE ledger.balances IN EXCLUSIVE MODE;
+    WITH replay AS (
+        SELECT r.*, (SELECT e.id FROM ledger.events e
+                      WHERE e.aggregate_id = r.account_id AND e.version = r.version) AS last_event_id,
+                    (SELECT e.created_at FROM ledger.events e
+                      WHERE e.aggregate_id = r.account_id AND e.version = r.version) AS last_at
+          FROM ledger.replay_accounts() r
+    ), fixed AS (
+        INSERT INTO ledger.balances AS b (account_id, balance, is_frozen, is_closed, version, last_event_id, updated_at)
+        SELECT account_id, balance, is_frozen, is_closed, version, last_event_id, last_at FROM replay
+        ON CONFLICT (account_id) DO UPDATE
+           SET balance = EXCLUDED.balance, is_frozen = EXCLUDED.is_frozen, is_closed = EXCLUDED.is_closed,
+               version = EXCLUDED.version, last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at
+         WHERE (b.balance, b.is_frozen, b.is_closed, b.version)
+               IS DISTINCT FROM (EXCLUDED.balance, EXCLUDED.is_frozen, EXCLUDED.is_closed, EXCLUDED.version)
+        RETURNING b.account_id, b.balance
+    )
+    SELECT COALESCE(jsonb_agg(jsonb_build_object('account_id', account_id, 'balance', balance::text)), '[]')
+      INTO _changed FROM fixed;
+    IF jsonb_array_length(_changed) > 0 THEN
+        PERFORM ledger.write_audit(_ctx, 'projections.rebuild', 'balances', NULL, NULL,
+                                   jsonb_build_object('changed', _changed));
+    END IF;
+    RETURN jsonb_build_object('changed_accounts', jsonb_array_length(_changed), 'changed', _changed);
+END
+$$;
+
+REVOKE ALL ON FUNCTION api.rebuild_projections(text, uuid, text, inet) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.rebuild_projections(text, uuid, text, inet) TO atp_dba;
+COMMENT ON FUNCTION api.rebuild_projections(text, uuid, text, inet) IS
+'Recomputes every balance from the events and corrects the projection where it differs (writers wait meanwhile).
+Returns the accounts it changed. Needs admin. Example: SELECT api.rebuild_projections();';

@@ -1,0 +1,83 @@
+CREATE OR REPLACE FUNCTION api.transfer(
+    from_user_id uuid,
+    to_user_id uuid,
+    amount numeric,
+    memo text DEFAULT NULL,
+    idempotency_key uuid DEFAULT NULL,
+    request_hash text DEFAULT NULL,
+    api_key_hash text DEFAULT NULL,
+    request_user_id uuid DEFAULT NULL,
+    correlation_id text DEFAULT NULL,
+    client_addr inet DEFAULT NULL
+)
+RETURNS TABLE (status integer, body jsonb, replayed boolean)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    _ctx ledger.request_context;
+    _hash text;
+    _stored ledger.idempotency_keys;
+    _id uuid := ledger.uuid_v7();
+    _posted record;
+    _body jsonb;
+BEGIN
+    _ctx := ledger.authorize(transfer.api_key_hash, 'write', transfer.request_user_id,
+                             transfer.correlation_id, transfer.client_addr);
+    IF transfer.request_user_id IS DISTINCT FROM transfer.from_user_id THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4032',
+            MESSAGE = 'the acting user (request_user_id) must be the sender (from_user_id)';
+    END IF;
+    _hash := COALESCE(transfer.request_hash, ledger.fingerprint('transfer', jsonb_build_object(
+        'from_user_id', transfer.from_user_id, 'to_user_id', transfer.to_user_id,
+        'amount', transfer.amount, 'memo', transfer.memo)));
+    _stored := ledger.idempotency_lookup(_ctx, transfer.idempotency_key, 'transfer', _hash);
+    IF _stored.key IS NOT NULL THEN
+        RETURN QUERY SELECT _stored.response_status, _stored.response_body, true;
+        RETURN;
+    END IF;
+
+    PERFORM ledger.check_amount(transfer.amount);
+    IF length(transfer.memo) > 500 THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'memo is longer than 500 characters';
+    END IF;
+    IF transfer.from_user_id = transfer.to_user_id THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'a transfer needs two different users';
+    END IF;
+
+    SELECT * INTO _posted FROM ledger.post_journal(
+        _ctx, _id,
+        ledger.wallet_of(transfer.from_user_id, 'from_user_id'),
+        ledger.wallet_of(transfer.to_user_id, 'to_user_id'),
+        transfer.amount, 'transfer_out', 'transfer_in',
+        transfer.to_user_id, transfer.from_user_id, transfer.memo);
+
+    _body := jsonb_build_object(
+        'transfer_id', _id,
+        'status', 'completed',
+        'from_user_id', transfer.from_user_id,
+        'to_user_id', transfer.to_user_id,
+        'amount', transfer.amount::numeric(21, 8)::text,
+        'memo', transfer.memo,
+        'created_at', ledger.rfc3339(_posted.created_at));
+    PERFORM ledger.write_audit(_ctx, 'transfer', 'transfer', _id::text,
+        jsonb_build_object('from_balance', _posted.debit_before::numeric(21, 8)::text,
+                           'to_balance', _posted.credit_before::numeric(21, 8)::text),
+        _body || jsonb_build_object('from_balance', _posted.debit_after::numeric(21, 8)::text,
+                                    'to_balance', _posted.credit_after::numeric(21, 8)::text));
+    PERFORM ledger.idempotency_store(_ctx, transfer.idempotency_key, 'transfer', _hash, 201, _body);
+    RETURN QUERY SELECT 201, _body, false;
+END
+$$;
+
+REVOKE ALL ON FUNCTION api.transfer(uuid, uuid, numeric, text, uuid, text, text, uuid, text, inet) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.transfer(uuid, uuid, numeric, text, uuid, text, text, uuid, text, inet)
+    TO atp_app, atp_dba;
+COMMENT ON FUNCTION api.transfer(uuid, uuid, numeric, text, uuid, text, text, uuid, text, inet) IS
+'Moves amount ATP from one user''s wallet to another''s. The acting user (request_user_id) must be the sender. Needs write.
+Errors: L4001 invalid_request, L4002 insufficient_balance, L4003 account_frozen, L4004 balance_limit_exceeded,
+L4032 unauthorized_transfer, L4041 user_not_found, L4091 idempotency_conflict.
+Returns (status 201, body, replayed). Example:
+SELECT * FROM api.transfer(from_user_id => :alice, to_user_id => :bob, amount => 12.5, memo => ''lunch'', request_user_id => :alice);';

@@ -1,0 +1,43 @@
+CREATE OR REPLACE FUNCTION api.unfreeze_wallet(
+    user_id uuid,
+    reason text DEFAULT NULL,
+    idempotency_key uuid DEFAULT NULL,
+    request_hash text DEFAULT NULL,
+    api_key_hash text DEFAULT NULL,
+    request_user_id uuid DEFAULT NULL,
+    correlation_id text DEFAULT NULL,
+    client_addr inet DEFAULT NULL
+)
+RETURNS TABLE (status integer, body jsonb, replayed boolean)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    _ctx ledger.request_context;
+    _hash text;
+    _stored ledger.idempotency_keys;
+    _body jsonb;
+BEGIN
+    _ctx := ledger.authorize(unfreeze_wallet.api_key_hash, 'admin', unfreeze_wallet.request_user_id,
+                             unfreeze_wallet.correlation_id, unfreeze_wallet.client_addr);
+    _hash := COALESCE(unfreeze_wallet.request_hash, ledger.fingerprint('unfreeze_wallet', jsonb_build_object(
+        'user_id', unfreeze_wallet.user_id, 'reason', unfreeze_wallet.reason)));
+    _stored := ledger.idempotency_lookup(_ctx, unfreeze_wallet.idempotency_key, 'unfreeze_wallet', _hash);
+    IF _stored.key IS NOT NULL THEN
+        RETURN QUERY SELECT _stored.response_status, _stored.response_body, true;
+        RETURN;
+    END IF;
+    _body := ledger.set_frozen(_ctx, unfreeze_wallet.user_id, false, unfreeze_wallet.reason);
+    PERFORM ledger.idempotency_store(_ctx, unfreeze_wallet.idempotency_key, 'unfreeze_wallet', _hash, 200, _body);
+    RETURN QUERY SELECT 200, _body, false;
+END
+$$;
+
+REVOKE ALL ON FUNCTION api.unfreeze_wallet(uuid, text, uuid, text, text, uuid, text, inet) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.unfreeze_wallet(uuid, text, uuid, text, text, uuid, text, inet) TO atp_app, atp_dba;
+COMMENT ON FUNCTION api.unfreeze_wallet(uuid, text, uuid, text, text, uuid, text, inet) IS
+'Unfreezes a user''s wallet. Already in that state: nothing changes. Needs admin.
+Errors: L4001 invalid_request, L4041 user_not_found, L4091 idempotency_conflict.
+Returns (status 200, user body, replayed). Example: SELECT * FROM api.unfreeze_wallet(:alice, reason => ''support ticket 42'');';

@@ -1,0 +1,74 @@
+CREATE OR REPLACE FUNCTION api.verify_audit_chain(
+    api_key_hash text DEFAULT NULL,
+    request_user_id uuid DEFAULT NULL,
+    correlation_id text DEFAULT NULL,
+    client_addr inet DEFAULT NULL
+)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    _genesis constant bytea := '\x0000000000000000000000000000000000000000000000000000000000000000';
+    _problems jsonb := '[]'::jsonb;
+    _prev_hash bytea := _genesis;
+    _prev_tx xid8 := '0';
+    _prev_id bigint := 0;
+    _expected_no bigint := 1;
+    _seal ledger.audit_seals;
+    _check record;
+    _rows bigint;
+    _sealed bigint := 0;
+BEGIN
+    PERFORM ledger.authorize(verify_audit_chain.api_key_hash, 'read', verify_audit_chain.request_user_id,
+                             verify_audit_chain.correlation_id, verify_audit_chain.client_addr);
+    -- Each row against its own hash: finds a changed row, sealed or not.
+    SELECT _problems || COALESCE(jsonb_agg(jsonb_build_object('audit_id', a.id, 'problem', 'row does not match its hash')), '[]')
+      INTO _problems
+      FROM ledger.audit_log a
+     WHERE a.row_hash IS DISTINCT FROM ledger.audit_row_hash(a);
+    SELECT count(*) INTO _rows FROM ledger.audit_log;
+
+    -- Each seal against the rows it covers and the seal before it: finds rows inserted,
+    -- removed or re-hashed after sealing, and a seal that was changed or removed.
+    FOR _seal IN SELECT * FROM ledger.audit_seals ORDER BY seal_no LOOP
+        IF _seal.seal_no <> _expected_no OR _seal.previous_hash <> _prev_hash THEN
+            _problems := _problems || jsonb_build_object('seal_no', _seal.seal_no,
+                'problem', 'seal does not follow the previous seal');
+        END IF;
+        SELECT count(*) AS n,
+               sha256(_seal.previous_hash || COALESCE(string_agg(row_hash, ''::bytea ORDER BY tx_id, id), ''::bytea)) AS h
+          INTO _check
+          FROM ledger.audit_log
+         WHERE (tx_id, id) > (_prev_tx, _prev_id) AND (tx_id, id) <= (_seal.last_tx_id, _seal.last_id);
+        IF _check.n <> _seal.row_count OR _check.h <> _seal.seal_hash THEN
+            _problems := _problems || jsonb_build_object('seal_no', _seal.seal_no,
+                'problem', format('rows covered by the seal changed: %s rows now, %s when sealed', _check.n, _seal.row_count));
+        END IF;
+        _sealed := _sealed + _check.n;
+        _prev_hash := _seal.seal_hash;
+        _prev_tx := _seal.last_tx_id;
+        _prev_id := _seal.last_id;
+        _expected_no := _seal.seal_no + 1;
+    END LOOP;
+
+    RETURN jsonb_build_object(
+        'ok', jsonb_array_length(_problems) = 0,
+        'rows', _rows,
+        'sealed_rows', _sealed,
+        'unsealed_rows', _rows - _sealed,
+        'seals', _expected_no - 1,
+        'head_hash', encode(_prev_hash, 'hex'),
+        'problems', _problems);
+END
+$$;
+
+REVOKE ALL ON FUNCTION api.verify_audit_chain(text, uuid, text, inet) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.verify_audit_chain(text, uuid, text, inet) TO atp_app, atp_dba, atp_auditor;
+COMMENT ON FUNCTION api.verify_audit_chain(text, uuid, text, inet) IS
+'Verifies the audit log: every row against its own hash, and every seal against the rows it covers and the seal
+before it. ok is false, with the problems listed, if any row was changed, inserted or removed. head_hash is the
+newest seal''s hash: keep a copy outside the database to detect a rewrite of the whole chain. Needs read.
+Example: SELECT api.verify_audit_chain();';

@@ -1,0 +1,121 @@
+CREATE OR REPLACE FUNCTION api.verify_projections(
+    api_key_hash text DEFAULT NULL,
+    request_user_id uuid DEFAULT NULL,
+    correlation_id text DEFAULT NULL,
+    client_addr inet DEFAULT NULL
+)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    _mismatches jsonb;
+    _gaps jsonb;
+    _entries jsonb;
+    _snapshots jsonb;
+    _journals jsonb;
+    _totals record;
+    _supply record;
+BEGIN
+    PERFORM ledger.authorize(verify_projections.api_key_hash, 'read', verify_projections.request_user_id,
+                             verify_projections.correlation_id, verify_projections.client_addr);
+    -- Projection against replay, account by account (a missing row on either side counts).
+    SELECT COALESCE(jsonb_agg(jsonb_build_object(
+               'account_id', COALESCE(b.account_id, r.account_id),
+               'projected', CASE WHEN b.account_id IS NOT NULL THEN jsonb_build_object(
+                   'balance', b.balance, 'is_frozen', b.is_frozen, 'is_closed', b.is_closed, 'version', b.version) END,
+               'replayed', CASE WHEN r.account_id IS NOT NULL THEN jsonb_build_object(
+                   'balance', r.balance, 'is_frozen', r.is_frozen, 'is_closed', r.is_closed, 'version', r.version) END)), '[]')
+      INTO _mismatches
+      FROM ledger.balances b
+      FULL JOIN ledger.replay_accounts() r ON r.account_id = b.account_id
+     WHERE (b.balance, b.is_frozen, b.is_closed, b.version)
+           IS DISTINCT FROM (r.balance, r.is_frozen, r.is_closed, r.version);
+
+    -- Versions 1..n with no gap and no duplicate.
+    SELECT COALESCE(jsonb_agg(jsonb_build_object('account_id', r.account_id, 'events', r.event_count,
+                                                 'max_version', r.version)), '[]')
+      INTO _gaps
+      FROM ledger.replay_accounts() r
+     WHERE r.event_count <> r.version;
+
+    -- The journal lines of each account add up to its balance.
+    SELECT COALESCE(jsonb_agg(jsonb_build_object('account_id', b.account_id, 'balance', b.balance,
+                                                 'from_entries', COALESCE(x.total, 0))), '[]')
+      INTO _entries
+      FROM ledger.balances b
+      JOIN ledger.accounts a ON a.id = b.account_id
+      JOIN ledger.account_types t ON t.code = a.account_type
+      LEFT JOIN (SELECT account_id, sum(amount) FILTER (WHERE side = 'debit') AS debits,
+                        sum(amount) FILTER (WHERE side = 'credit') AS credits
+                   FROM ledger.ledger_entries GROUP BY account_id) s ON s.account_id = b.account_id
+      CROSS JOIN LATERAL (SELECT CASE t.normal_side
+                                     WHEN 'debit' THEN COALESCE(s.debits, 0) - COALESCE(s.credits, 0)
+                                     ELSE COALESCE(s.credits, 0) - COALESCE(s.debits, 0) END AS total) x
+     WHERE x.total <> b.balance;
+
+    -- Each snapshot equals the replay up to its version.
+    SELECT COALESCE(jsonb_agg(jsonb_build_object('account_id', s.account_id, 'version', s.version,
+                                                 'snapshot', s.balance, 'replayed', x.total)), '[]')
+      INTO _snapshots
+      FROM ledger.snapshots s
+      JOIN ledger.accounts a ON a.id = s.account_id
+      JOIN ledger.account_types t ON t.code = a.account_type
+      CROSS JOIN LATERAL (SELECT COALESCE(sum(ledger.event_delta(e.event_type, e.data, t.normal_side)), 0) AS total
+                            FROM ledger.events e
+                           WHERE e.aggregate_id = s.account_id AND e.version <= s.version) x
+     WHERE x.total <> s.balance;
+
+    SELECT COALESCE(jsonb_agg(jsonb_build_object('journal_id', j.journal_id, 'debits', j.debits,
+                                                 'credits', j.credits)), '[]')
+      INTO _journals
+      FROM (SELECT journal_id, sum(amount) FILTER (WHERE side = 'debit') AS debits,
+                   sum(amount) FILTER (WHERE side = 'credit') AS credits
+              FROM ledger.ledger_entries GROUP BY journal_id) j
+     WHERE j.debits IS DISTINCT FROM j.credits;
+
+    -- Trial balance: debit-normal balances equal credit-normal balances, and all debits equal all credits.
+    SELECT COALESCE(sum(b.balance) FILTER (WHERE t.normal_side = 'debit'), 0) AS debit_normal,
+           COALESCE(sum(b.balance) FILTER (WHERE t.normal_side = 'credit'), 0) AS credit_normal,
+           COALESCE(sum(b.balance) FILTER (WHERE a.account_type = 'user_wallet'), 0) AS wallets
+      INTO _totals
+      FROM ledger.balances b
+      JOIN ledger.accounts a ON a.id = b.account_id
+      JOIN ledger.account_types t ON t.code = a.account_type;
+    SELECT COALESCE(sum(amount) FILTER (WHERE side = 'debit'), 0) AS debits,
+           COALESCE(sum(amount) FILTER (WHERE side = 'credit'), 0) AS credits,
+           COALESCE(sum(amount) FILTER (WHERE kind = 'mint' AND side = 'credit'), 0) AS minted,
+           COALESCE(sum(amount) FILTER (WHERE kind = 'burn' AND side = 'debit'), 0) AS burned
+      INTO _supply
+      FROM ledger.ledger_entries;
+
+    RETURN jsonb_build_object(
+        'ok', jsonb_array_length(_mismatches) = 0 AND jsonb_array_length(_gaps) = 0
+              AND jsonb_array_length(_entries) = 0 AND jsonb_array_length(_snapshots) = 0
+              AND jsonb_array_length(_journals) = 0
+              AND _totals.debit_normal = _totals.credit_normal
+              AND _supply.debits = _supply.credits
+              AND _supply.minted - _supply.burned = _totals.credit_normal,
+        'accounts', (SELECT count(*) FROM ledger.balances),
+        'projection_mismatches', _mismatches,
+        'version_gaps', _gaps,
+        'entry_mismatches', _entries,
+        'snapshot_mismatches', _snapshots,
+        'unbalanced_journals', _journals,
+        'trial_balance', jsonb_build_object('debit_normal_balances', _totals.debit_normal::text,
+                                            'credit_normal_balances', _totals.credit_normal::text,
+                                            'total_debits', _supply.debits::text,
+                                            'total_credits', _supply.credits::text),
+        'supply', jsonb_build_object('minted', _supply.minted::text, 'burned', _supply.burned::text,
+                                     'held', _totals.credit_normal::text, 'in_wallets', _totals.wallets::text));
+END
+$$;
+
+REVOKE ALL ON FUNCTION api.verify_projections(text, uuid, text, inet) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.verify_projections(text, uuid, text, inet) TO atp_app, atp_dba, atp_auditor;
+COMMENT ON FUNCTION api.verify_projections(text, uuid, text, inet) IS
+'Checks every invariant of the books: balances equal the replay of the events, versions have no gaps, journal lines
+add up to the balances, snapshots equal the replay, every journal balances, the trial balance holds, and everything
+held equals minted minus burned. ok is true only if all hold. Needs read. Example: SELECT api.verify_projections();';

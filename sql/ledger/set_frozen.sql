@@ -1,0 +1,42 @@
+-- Freezes or unfreezes a user's wallet by appending AccountFrozen or AccountUnfrozen.
+-- Asking for the state the wallet is already in changes nothing and records nothing.
+CREATE OR REPLACE FUNCTION ledger.set_frozen(
+    ctx ledger.request_context,
+    user_id uuid,
+    frozen boolean,
+    reason text
+)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    _wallet ledger.balances;
+    _before jsonb;
+    _body jsonb;
+BEGIN
+    IF length(set_frozen.reason) > 500 THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'reason is longer than 500 characters';
+    END IF;
+    SELECT * INTO _wallet FROM ledger.balances
+     WHERE account_id = ledger.wallet_of(set_frozen.user_id)
+       FOR UPDATE;
+    _before := ledger.user_json(set_frozen.user_id);
+    IF _wallet.is_frozen <> set_frozen.frozen THEN
+        INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor,
+                                   api_key_id, request_user_id, correlation_id)
+        VALUES ('account', _wallet.account_id, _wallet.version + 1,
+                CASE WHEN set_frozen.frozen THEN 'AccountFrozen' ELSE 'AccountUnfrozen' END,
+                jsonb_build_object('reason', set_frozen.reason),
+                ctx.actor, ctx.api_key_id, ctx.request_user_id, ctx.correlation_id);
+    END IF;
+    _body := ledger.user_json(set_frozen.user_id);
+    IF _wallet.is_frozen <> set_frozen.frozen THEN
+        PERFORM ledger.write_audit(ctx, CASE WHEN set_frozen.frozen THEN 'wallet.freeze' ELSE 'wallet.unfreeze' END,
+                                   'user', set_frozen.user_id::text, _before,
+                                   _body || jsonb_build_object('reason', set_frozen.reason));
+    END IF;
+    RETURN _body;
+END
+$$;
