@@ -1,0 +1,154 @@
+"""Real, temporary PostgreSQL for every test: one cluster per session, migrated once into a
+template database with `make migrate`, and a fresh copy of that template for each test."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import testing.postgresql
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = "atp_template"
+
+# pgTAP keeps its results in temporary tables of the session user; a test that switches to
+# atp_app or atp_owner (SET LOCAL ROLE) calls SELECT tap_share() after plan() so that
+# those roles can record results too.
+TAP_SHARE = """
+CREATE FUNCTION public.tap_share() RETURNS void LANGUAGE plpgsql AS $$
+DECLARE r record;
+BEGIN
+    FOR r IN SELECT relname, relkind FROM pg_class
+              WHERE relnamespace = pg_my_temp_schema() AND relkind IN ('r', 'S') LOOP
+        EXECUTE format('GRANT ALL ON %s pg_temp.%I TO PUBLIC',
+                       CASE r.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, r.relname);
+    END LOOP;
+END
+$$
+"""
+
+
+def unprivileged_user() -> pwd.struct_passwd | None:
+    """initdb and postgres refuse to run as root; as root the cluster runs as this user."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise RuntimeError(
+        "running as root, and there is no 'postgres' or 'nobody' user to run PostgreSQL"
+    )
+
+
+class Cluster(testing.postgresql.Postgresql):
+    """testing.postgresql, made to work as root too, with a UTF-8 cluster."""
+
+    def _as_user(self) -> list[str]:
+        user = unprivileged_user()
+        if user is None:
+            return []
+        return [
+            "setpriv",
+            f"--reuid={user.pw_uid}",
+            f"--regid={user.pw_gid}",
+            "--init-groups",
+            "--",
+        ]
+
+    def initialize_database(self) -> None:
+        user = unprivileged_user()
+        if user is not None:
+            for path in (self.base_dir, *(Path(self.base_dir) / d for d in self.subdirectories)):
+                os.chown(path, user.pw_uid, user.pw_gid)
+        data = os.path.join(self.base_dir, "data")
+        initdb = [self.initdb, "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8"]
+        subprocess.run(
+            [*self._as_user(), *initdb, "--no-locale", "--lc-messages=C"],
+            check=True,
+            capture_output=True,
+        )
+
+    def get_server_commandline(self) -> list[str]:
+        return [*self._as_user(), *super().get_server_commandline()]
+
+
+def url(cluster: Cluster, dbname: str, user: str = "postgres") -> str:
+    return f"postgresql://{user}@127.0.0.1:{cluster.settings['port']}/{dbname}"
+
+
+def migrate(database_url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", "migrate", f"DATABASE_URL={database_url}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    settings = {"postgres_args": "-h 127.0.0.1 -F -c logging_collector=off -c max_connections=200"}
+    with Cluster(**settings) as pg:
+        with psycopg.connect(url(pg, "postgres"), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {TEMPLATE}")
+        result = migrate(url(pg, TEMPLATE))
+        assert result.returncode == 0, result.stdout + result.stderr
+        with psycopg.connect(url(pg, TEMPLATE), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION pgtap")
+            conn.execute(TAP_SHARE)
+        yield pg
+
+
+@pytest.fixture
+def database(cluster: Cluster) -> Iterator[str]:
+    """The URL (as the superuser) of a new database holding the migrated ledger."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url(cluster, "postgres"), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    yield url(cluster, name)
+    with psycopg.connect(url(cluster, "postgres"), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def dba(database: str) -> Iterator[psycopg.Connection]:
+    """A superuser connection: what a DBA at a psql prompt has."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def app_url(database: str) -> str:
+    """The same database, logged in as the application role atp_app."""
+    return database.replace("postgresql://postgres@", "postgresql://atp_app@", 1)
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@pytest.fixture
+def make_key(dba: psycopg.Connection):
+    """Creates an API key; returns (plaintext key, its SHA-256 hex, its id)."""
+
+    def make(
+        permissions: list[str], rate_limit: int = 100000, name: str = "test"
+    ) -> tuple[str, str, str]:
+        row = dba.execute(
+            "SELECT api.create_api_key(%s, %s, %s, NULL)", (name, permissions, rate_limit)
+        ).fetchone()
+        assert row is not None
+        created = row[0]
+        return created["key"], key_hash(created["key"]), created["id"]
+
+    return make
