@@ -59,6 +59,6 @@ migrate: $(STAMP)
 	@test -n "$(DATABASE_URL)" || { echo "make migrate: set DATABASE_URL (postgresql://user@host:port/db)"; exit 2; }
 	$(VENV)/bin/yoyo apply --batch --no-config-file \
 	    --database "$$(printf '%s' "$(DATABASE_URL)" | sed -E 's#^postgres(ql)?(\+[a-z0-9]+)?://#postgresql+psycopg://#')" migrations
-	psql "$(DATABASE_URL)" -X -q -1 -v ON_ERROR_STOP=1 -c 'SET ROLE atp_owner' \
+	psql "$(DATABASE_URL)" -X -q -1 -v ON_ERROR_STOP=1 -c 'SET ROLE atp_owner' -c 'SET check_function_bodies = off' \
 	    $(addprefix -f ,$(SQL_FILES)) -c 'SELECT ledger.ensure_partitions(3)' >/dev/null
 	@echo "migrated: $(words $(SQL_FILES)) sql files applied"

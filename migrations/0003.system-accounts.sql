@@ -21,7 +21,10 @@ WITH opened AS (
     FROM ledger.accounts a
     RETURNING id, aggregate_id, created_at
 )
-INSERT INTO ledger.balances (account_id, balance, is_frozen, version, last_event_id, updated_at)
-SELECT aggregate_id, 0, false, 1, id, created_at FROM opened;
+INSERT INTO ledger.balances (account_id, normal_side, balance, is_frozen, version, last_event_id, updated_at)
+SELECT o.aggregate_id, t.normal_side, 0, false, 1, o.id, o.created_at
+  FROM opened o
+  JOIN ledger.accounts a ON a.id = o.aggregate_id
+  JOIN ledger.account_types t ON t.code = a.account_type;
 
 RESET ROLE;

@@ -8,9 +8,11 @@ CREATE OR REPLACE FUNCTION api.create_user(
     api_key_hash text DEFAULT NULL,
     request_user_id uuid DEFAULT NULL,
     correlation_id text DEFAULT NULL,
-    client_addr inet DEFAULT NULL
+    client_addr inet DEFAULT NULL,
+    OUT status integer,
+    OUT body jsonb,
+    OUT replayed boolean
 )
-RETURNS TABLE (status integer, body jsonb, replayed boolean)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -30,7 +32,9 @@ BEGIN
         'email', create_user.email, 'display_name', create_user.display_name)));
     _stored := ledger.idempotency_lookup(_ctx, create_user.idempotency_key, 'create_user', _hash);
     IF _stored.key IS NOT NULL THEN
-        RETURN QUERY SELECT _stored.response_status, _stored.response_body, true;
+        status := _stored.response_status;
+        body := _stored.response_body;
+        replayed := true;
         RETURN;
     END IF;
 
@@ -68,7 +72,9 @@ BEGIN
     _body := ledger.user_json(create_user.user_id);
     PERFORM ledger.write_audit(_ctx, 'user.create', 'user', create_user.user_id::text, NULL, _body);
     PERFORM ledger.idempotency_store(_ctx, create_user.idempotency_key, 'create_user', _hash, 201, _body);
-    RETURN QUERY SELECT 201, _body, false;
+    status := 201;
+    body := _body;
+    replayed := false;
 END
 $$;
 

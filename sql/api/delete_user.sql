@@ -5,9 +5,11 @@ CREATE OR REPLACE FUNCTION api.delete_user(
     api_key_hash text DEFAULT NULL,
     request_user_id uuid DEFAULT NULL,
     correlation_id text DEFAULT NULL,
-    client_addr inet DEFAULT NULL
+    client_addr inet DEFAULT NULL,
+    OUT status integer,
+    OUT body jsonb,
+    OUT replayed boolean
 )
-RETURNS TABLE (status integer, body jsonb, replayed boolean)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -29,7 +31,9 @@ BEGIN
                       ledger.fingerprint('delete_user', jsonb_build_object('user_id', delete_user.user_id)));
     _stored := ledger.idempotency_lookup(_ctx, delete_user.idempotency_key, 'delete_user', _hash);
     IF _stored.key IS NOT NULL THEN
-        RETURN QUERY SELECT _stored.response_status, _stored.response_body, true;
+        status := _stored.response_status;
+        body := _stored.response_body;
+        replayed := true;
         RETURN;
     END IF;
 
@@ -63,7 +67,9 @@ BEGIN
     _body := jsonb_build_object('user_id', _user.id, 'status', 'deleted', 'deleted_at', ledger.rfc3339(_at));
     PERFORM ledger.write_audit(_ctx, 'user.delete', 'user', _user.id::text, _before, _body);
     PERFORM ledger.idempotency_store(_ctx, delete_user.idempotency_key, 'delete_user', _hash, 200, _body);
-    RETURN QUERY SELECT 200, _body, false;
+    status := 200;
+    body := _body;
+    replayed := false;
 END
 $$;
 

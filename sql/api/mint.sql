@@ -7,9 +7,11 @@ CREATE OR REPLACE FUNCTION api.mint(
     api_key_hash text DEFAULT NULL,
     request_user_id uuid DEFAULT NULL,
     correlation_id text DEFAULT NULL,
-    client_addr inet DEFAULT NULL
+    client_addr inet DEFAULT NULL,
+    OUT status integer,
+    OUT body jsonb,
+    OUT replayed boolean
 )
-RETURNS TABLE (status integer, body jsonb, replayed boolean)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -29,7 +31,9 @@ BEGIN
         'to_user_id', mint.to_user_id, 'amount', mint.amount, 'reason', mint.reason)));
     _stored := ledger.idempotency_lookup(_ctx, mint.idempotency_key, 'mint', _hash);
     IF _stored.key IS NOT NULL THEN
-        RETURN QUERY SELECT _stored.response_status, _stored.response_body, true;
+        status := _stored.response_status;
+        body := _stored.response_body;
+        replayed := true;
         RETURN;
     END IF;
 
@@ -55,7 +59,9 @@ BEGIN
         _body || jsonb_build_object('balance', _posted.credit_after::numeric(21, 8)::text,
                                     'issued', _posted.debit_after::numeric(21, 8)::text));
     PERFORM ledger.idempotency_store(_ctx, mint.idempotency_key, 'mint', _hash, 201, _body);
-    RETURN QUERY SELECT 201, _body, false;
+    status := 201;
+    body := _body;
+    replayed := false;
 END
 $$;
 

@@ -25,8 +25,9 @@ BEGIN
                       WHERE e.aggregate_id = r.account_id AND e.version = r.version) AS last_at
           FROM ledger.replay_accounts() r
     ), fixed AS (
-        INSERT INTO ledger.balances AS b (account_id, balance, is_frozen, is_closed, version, last_event_id, updated_at)
-        SELECT account_id, balance, is_frozen, is_closed, version, last_event_id, last_at FROM replay
+        INSERT INTO ledger.balances AS b (account_id, normal_side, balance, is_frozen, is_closed, version,
+                                          last_event_id, updated_at)
+        SELECT account_id, normal_side, balance, is_frozen, is_closed, version, last_event_id, last_at FROM replay
         ON CONFLICT (account_id) DO UPDATE
            SET balance = EXCLUDED.balance, is_frozen = EXCLUDED.is_frozen, is_closed = EXCLUDED.is_closed,
                version = EXCLUDED.version, last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at

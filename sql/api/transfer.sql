@@ -8,9 +8,11 @@ CREATE OR REPLACE FUNCTION api.transfer(
     api_key_hash text DEFAULT NULL,
     request_user_id uuid DEFAULT NULL,
     correlation_id text DEFAULT NULL,
-    client_addr inet DEFAULT NULL
+    client_addr inet DEFAULT NULL,
+    OUT status integer,
+    OUT body jsonb,
+    OUT replayed boolean
 )
-RETURNS TABLE (status integer, body jsonb, replayed boolean)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -35,7 +37,9 @@ BEGIN
         'amount', transfer.amount, 'memo', transfer.memo)));
     _stored := ledger.idempotency_lookup(_ctx, transfer.idempotency_key, 'transfer', _hash);
     IF _stored.key IS NOT NULL THEN
-        RETURN QUERY SELECT _stored.response_status, _stored.response_body, true;
+        status := _stored.response_status;
+        body := _stored.response_body;
+        replayed := true;
         RETURN;
     END IF;
 
@@ -68,7 +72,9 @@ BEGIN
         _body || jsonb_build_object('from_balance', _posted.debit_after::numeric(21, 8)::text,
                                     'to_balance', _posted.credit_after::numeric(21, 8)::text));
     PERFORM ledger.idempotency_store(_ctx, transfer.idempotency_key, 'transfer', _hash, 201, _body);
-    RETURN QUERY SELECT 201, _body, false;
+    status := 201;
+    body := _body;
+    replayed := false;
 END
 $$;
 

@@ -6,9 +6,11 @@ CREATE OR REPLACE FUNCTION api.unfreeze_wallet(
     api_key_hash text DEFAULT NULL,
     request_user_id uuid DEFAULT NULL,
     correlation_id text DEFAULT NULL,
-    client_addr inet DEFAULT NULL
+    client_addr inet DEFAULT NULL,
+    OUT status integer,
+    OUT body jsonb,
+    OUT replayed boolean
 )
-RETURNS TABLE (status integer, body jsonb, replayed boolean)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -26,12 +28,16 @@ BEGIN
         'user_id', unfreeze_wallet.user_id, 'reason', unfreeze_wallet.reason)));
     _stored := ledger.idempotency_lookup(_ctx, unfreeze_wallet.idempotency_key, 'unfreeze_wallet', _hash);
     IF _stored.key IS NOT NULL THEN
-        RETURN QUERY SELECT _stored.response_status, _stored.response_body, true;
+        status := _stored.response_status;
+        body := _stored.response_body;
+        replayed := true;
         RETURN;
     END IF;
     _body := ledger.set_frozen(_ctx, unfreeze_wallet.user_id, false, unfreeze_wallet.reason);
     PERFORM ledger.idempotency_store(_ctx, unfreeze_wallet.idempotency_key, 'unfreeze_wallet', _hash, 200, _body);
-    RETURN QUERY SELECT 200, _body, false;
+    status := 200;
+    body := _body;
+    replayed := false;
 END
 $$;
 

@@ -9,9 +9,11 @@ CREATE OR REPLACE FUNCTION api.update_user(
     api_key_hash text DEFAULT NULL,
     request_user_id uuid DEFAULT NULL,
     correlation_id text DEFAULT NULL,
-    client_addr inet DEFAULT NULL
+    client_addr inet DEFAULT NULL,
+    OUT status integer,
+    OUT body jsonb,
+    OUT replayed boolean
 )
-RETURNS TABLE (status integer, body jsonb, replayed boolean)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -33,7 +35,9 @@ BEGIN
         'display_name', update_user.display_name, 'expected_version', update_user.expected_version)));
     _stored := ledger.idempotency_lookup(_ctx, update_user.idempotency_key, 'update_user', _hash);
     IF _stored.key IS NOT NULL THEN
-        RETURN QUERY SELECT _stored.response_status, _stored.response_body, true;
+        status := _stored.response_status;
+        body := _stored.response_body;
+        replayed := true;
         RETURN;
     END IF;
 
@@ -81,7 +85,9 @@ BEGIN
     _body := ledger.user_json(_user.id);
     PERFORM ledger.write_audit(_ctx, 'user.update', 'user', _user.id::text, _before, _body);
     PERFORM ledger.idempotency_store(_ctx, update_user.idempotency_key, 'update_user', _hash, 200, _body);
-    RETURN QUERY SELECT 200, _body, false;
+    status := 200;
+    body := _body;
+    replayed := false;
 END
 $$;
 

@@ -11,7 +11,6 @@ CREATE OR REPLACE FUNCTION ledger.authorize(
 )
 RETURNS ledger.request_context
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -62,12 +61,15 @@ BEGIN
     INSERT INTO ledger.rate_limit_buckets AS b (api_key_id, window_start, backend_pid, request_count)
     VALUES (_key.id, _window, pg_backend_pid(), 1)
     ON CONFLICT (api_key_id, window_start, backend_pid)
-    DO UPDATE SET request_count = b.request_count + 1;
-    SELECT COALESCE(sum(request_count) FILTER (WHERE window_start = _window), 0),
+    DO UPDATE SET request_count = b.request_count + 1
+    RETURNING request_count INTO _current;
+    -- This backend's own row was just counted; add every other backend's.
+    SELECT _current + COALESCE(sum(request_count) FILTER (WHERE window_start = _window), 0),
            COALESCE(sum(request_count) FILTER (WHERE window_start < _window), 0)
       INTO _current, _previous
       FROM ledger.rate_limit_buckets
-     WHERE api_key_id = _key.id AND window_start >= _window - interval '1 minute';
+     WHERE api_key_id = _key.id AND window_start >= _window - interval '1 minute'
+       AND NOT (window_start = _window AND backend_pid = pg_backend_pid());
     _elapsed := extract(epoch FROM now() - _window) / 60.0;
     IF _previous * (1.0 - _elapsed) + _current > _key.rate_limit_per_minute THEN
         RAISE EXCEPTION USING ERRCODE = 'L4291',
@@ -76,10 +78,10 @@ BEGIN
     END IF;
 
     -- last_used_at moves at most once a minute, and never waits for a lock to do so.
-    UPDATE ledger.api_keys SET last_used_at = now()
-     WHERE id = (SELECT id FROM ledger.api_keys
-                  WHERE id = _key.id AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
-                  FOR UPDATE SKIP LOCKED);
+    IF _key.last_used_at IS NULL OR _key.last_used_at < now() - interval '1 minute' THEN
+        UPDATE ledger.api_keys SET last_used_at = now()
+         WHERE id = (SELECT id FROM ledger.api_keys WHERE id = _key.id FOR UPDATE SKIP LOCKED);
+    END IF;
 
     _ctx.api_key_id := _key.id;
     _ctx.scope := _key.id::text;

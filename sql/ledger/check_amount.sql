@@ -3,7 +3,6 @@ CREATE OR REPLACE FUNCTION ledger.check_amount(amount numeric)
 RETURNS numeric
 LANGUAGE plpgsql
 IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF amount IS NULL THEN

@@ -3,7 +3,6 @@
 CREATE OR REPLACE FUNCTION ledger.check_journal_balance()
 RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     _bad record;

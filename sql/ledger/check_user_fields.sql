@@ -4,7 +4,6 @@ CREATE OR REPLACE FUNCTION ledger.check_user_fields(username text, email text, d
 RETURNS void
 LANGUAGE plpgsql
 IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF username IS NOT NULL AND username !~ '^[A-Za-z0-9_]{3,50}$' THEN

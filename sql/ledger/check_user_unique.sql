@@ -4,7 +4,6 @@ CREATE OR REPLACE FUNCTION ledger.check_user_unique(user_id uuid, username text,
 RETURNS void
 LANGUAGE plpgsql
 STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN

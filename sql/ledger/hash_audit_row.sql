@@ -3,7 +3,6 @@
 CREATE OR REPLACE FUNCTION ledger.hash_audit_row()
 RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     NEW.row_hash := ledger.audit_row_hash(NEW);

@@ -10,7 +10,6 @@ CREATE OR REPLACE FUNCTION ledger.idempotency_lookup(
 )
 RETURNS ledger.idempotency_keys
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE

@@ -1,4 +1,5 @@
 -- Stores the response of an executed request, in the transaction that made its effects.
+-- Keys live financeatp.idempotency_ttl (default 24 hours).
 CREATE OR REPLACE FUNCTION ledger.idempotency_store(
     ctx ledger.request_context,
     idempotency_key uuid,
@@ -8,12 +9,16 @@ CREATE OR REPLACE FUNCTION ledger.idempotency_store(
     response_body jsonb
 )
 RETURNS void
-LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql
 AS $$
+BEGIN
+    IF idempotency_store.idempotency_key IS NULL THEN
+        RETURN;
+    END IF;
     INSERT INTO ledger.idempotency_keys (scope, key, operation, request_hash, response_status,
                                          response_body, expires_at)
-    SELECT ctx.scope, idempotency_key, operation, request_hash, response_status, response_body,
-           now() + COALESCE(NULLIF(current_setting('financeatp.idempotency_ttl', true), ''), '24 hours')::interval
-    WHERE idempotency_key IS NOT NULL
+    VALUES (ctx.scope, idempotency_store.idempotency_key, idempotency_store.operation,
+            idempotency_store.request_hash, idempotency_store.response_status, idempotency_store.response_body,
+            now() + COALESCE(NULLIF(current_setting('financeatp.idempotency_ttl', true), ''), '24 hours')::interval);
+END
 $$;

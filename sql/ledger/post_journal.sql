@@ -1,7 +1,7 @@
 -- Posts one journal of two lines: debit one account, credit another, by the same amount.
 -- The two balances rows are locked in account-id order (so opposite journals cannot
--- deadlock) as late as possible, then checked, then the two events are appended in one
--- INSERT; the projection trigger moves the balances and writes the journal lines.
+-- deadlock) as late as possible, then checked; then the two events and their two journal
+-- lines are appended, and the projection trigger moves the balances.
 CREATE OR REPLACE FUNCTION ledger.post_journal(
     ctx ledger.request_context,
     journal_id uuid,
@@ -20,7 +20,6 @@ CREATE OR REPLACE FUNCTION ledger.post_journal(
     OUT credit_after numeric
 )
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -29,11 +28,9 @@ DECLARE
     _credit record;
 BEGIN
     FOR _row IN
-        SELECT b.account_id, b.balance, b.is_frozen, b.is_closed, b.version, a.user_id, a.account_type,
-               t.normal_side
+        SELECT b.account_id, b.balance, b.is_frozen, b.is_closed, b.version, b.normal_side, a.user_id
           FROM ledger.balances b
           JOIN ledger.accounts a ON a.id = b.account_id
-          JOIN ledger.account_types t ON t.code = a.account_type
          WHERE b.account_id IN (post_journal.debit_account, post_journal.credit_account)
          ORDER BY b.account_id
            FOR UPDATE OF b
@@ -72,21 +69,37 @@ BEGIN
 
     -- Taken after the locks, so that event times and versions agree per account.
     post_journal.created_at := clock_timestamp();
-    INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor,
-                               api_key_id, request_user_id, correlation_id, created_at)
-    VALUES ('account', _debit.account_id, _debit.version + 1, 'AccountDebited',
-            jsonb_build_object('journal_id', post_journal.journal_id,
-                               'amount', post_journal.amount::numeric(21, 8)::text,
-                               'kind', post_journal.debit_kind,
-                               'counterparty_user_id', post_journal.debit_counterparty,
-                               'memo', post_journal.memo),
-            ctx.actor, ctx.api_key_id, ctx.request_user_id, ctx.correlation_id, post_journal.created_at),
-           ('account', _credit.account_id, _credit.version + 1, 'AccountCredited',
-            jsonb_build_object('journal_id', post_journal.journal_id,
-                               'amount', post_journal.amount::numeric(21, 8)::text,
-                               'kind', post_journal.credit_kind,
-                               'counterparty_user_id', post_journal.credit_counterparty,
-                               'memo', post_journal.memo),
-            ctx.actor, ctx.api_key_id, ctx.request_user_id, ctx.correlation_id, post_journal.created_at);
+    -- The two events (the projection trigger moves the balances) and the two journal lines,
+    -- in one statement: one round of planning, and both lines reach the balance check together.
+    WITH appended AS (
+        INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor,
+                                   api_key_id, request_user_id, correlation_id, created_at)
+        VALUES ('account', _debit.account_id, _debit.version + 1, 'AccountDebited',
+                jsonb_build_object('journal_id', post_journal.journal_id,
+                                   'amount', post_journal.amount::numeric(21, 8)::text,
+                                   'kind', post_journal.debit_kind,
+                                   'counterparty_user_id', post_journal.debit_counterparty,
+                                   'memo', post_journal.memo),
+                ctx.actor, ctx.api_key_id, ctx.request_user_id, ctx.correlation_id, post_journal.created_at),
+               ('account', _credit.account_id, _credit.version + 1, 'AccountCredited',
+                jsonb_build_object('journal_id', post_journal.journal_id,
+                                   'amount', post_journal.amount::numeric(21, 8)::text,
+                                   'kind', post_journal.credit_kind,
+                                   'counterparty_user_id', post_journal.credit_counterparty,
+                                   'memo', post_journal.memo),
+                ctx.actor, ctx.api_key_id, ctx.request_user_id, ctx.correlation_id, post_journal.created_at)
+        RETURNING id, aggregate_id, event_type
+    )
+    INSERT INTO ledger.ledger_entries (journal_id, event_id, account_id, side, amount, balance_after, kind,
+                                       counterparty_user_id, memo, created_at)
+    SELECT post_journal.journal_id, a.id, a.aggregate_id,
+           CASE a.event_type WHEN 'AccountDebited' THEN 'debit' ELSE 'credit' END,
+           post_journal.amount,
+           CASE a.event_type WHEN 'AccountDebited' THEN post_journal.debit_after ELSE post_journal.credit_after END,
+           CASE a.event_type WHEN 'AccountDebited' THEN post_journal.debit_kind ELSE post_journal.credit_kind END,
+           CASE a.event_type WHEN 'AccountDebited' THEN post_journal.debit_counterparty
+                ELSE post_journal.credit_counterparty END,
+           post_journal.memo, post_journal.created_at
+      FROM appended a;
 END
 $$;

@@ -8,7 +8,6 @@ CREATE OR REPLACE FUNCTION ledger.set_frozen(
 )
 RETURNS jsonb
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE

@@ -3,7 +3,6 @@ CREATE OR REPLACE FUNCTION ledger.user_json(user_id uuid)
 RETURNS jsonb
 LANGUAGE sql
 STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT jsonb_build_object(
                'user_id', u.id,

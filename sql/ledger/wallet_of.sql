@@ -3,7 +3,6 @@ CREATE OR REPLACE FUNCTION ledger.wallet_of(user_id uuid, field text DEFAULT 'us
 RETURNS uuid
 LANGUAGE plpgsql
 STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE

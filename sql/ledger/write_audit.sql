@@ -1,4 +1,5 @@
 -- One audit row for one state change, stamped with the caller established by ledger.authorize.
+-- (PL/pgSQL rather than SQL: its INSERT plan is cached across calls.)
 CREATE OR REPLACE FUNCTION ledger.write_audit(
     ctx ledger.request_context,
     action text,
@@ -8,12 +9,14 @@ CREATE OR REPLACE FUNCTION ledger.write_audit(
     after_state jsonb
 )
 RETURNS void
-LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql
 AS $$
+BEGIN
     INSERT INTO ledger.audit_log (actor, api_key_id, request_user_id, correlation_id, client_addr,
                                   action, resource_type, resource_id, before_state, after_state,
                                   row_hash)
     VALUES (ctx.actor, ctx.api_key_id, ctx.request_user_id, ctx.correlation_id, ctx.client_addr,
-            action, resource_type, resource_id, before_state, after_state, '\x'::bytea)
+            write_audit.action, write_audit.resource_type, write_audit.resource_id,
+            write_audit.before_state, write_audit.after_state, '\x'::bytea);
+END
 $$;
