@@ -60,5 +60,5 @@ migrate: $(STAMP)
 	$(VENV)/bin/yoyo apply --batch --no-config-file \
 	    --database "$$(printf '%s' "$(DATABASE_URL)" | sed -E 's#^postgres(ql)?(\+[a-z0-9]+)?://#postgresql+psycopg://#')" migrations
 	psql "$(DATABASE_URL)" -X -q -1 -v ON_ERROR_STOP=1 -c 'SET ROLE atp_owner' -c 'SET check_function_bodies = off' \
-	    $(addprefix -f ,$(SQL_FILES)) -c 'SELECT ledger.ensure_partitions(3)' >/dev/null
+	    $(addprefix -f ,$(SQL_FILES)) -c 'SELECT ledger.drop_stale_functions()' -c 'SELECT ledger.ensure_partitions(3)' >/dev/null
 	@echo "migrated: $(words $(SQL_FILES)) sql files applied"

@@ -190,6 +190,11 @@ CREATE TABLE ledger.api_keys (
     expires_at timestamptz,
     revoked_at timestamptz,
     last_used_at timestamptz,
+    -- The rate-limit buckets: two UNLOGGED sequences, for even and odd minutes, each holding
+    -- minute * 10^9 + requests. A sequence counts outside transactions, so a request that
+    -- fails still counts, and no request waits for another's commit (see ledger.authorize).
+    bucket_even regclass,  -- NULL once api.cleanup_rate_limits dropped a dead key's buckets
+    bucket_odd regclass,
     CONSTRAINT api_keys_name_length CHECK (length(name) BETWEEN 1 AND 100),
     CONSTRAINT api_keys_hash_format CHECK (key_hash ~ '^[0-9a-f]{64}$'),
     CONSTRAINT api_keys_hash_unique UNIQUE (key_hash),
@@ -198,21 +203,10 @@ CREATE TABLE ledger.api_keys (
     CONSTRAINT api_keys_rate_limit_positive CHECK (rate_limit_per_minute > 0)
 );
 
--- Per-minute request counters, one row per (key, minute, backend) so that concurrent
--- requests never queue on one hot row. UNLOGGED: counters need no crash safety, and a
--- transaction that writes only here commits without waiting for a WAL flush.
-CREATE UNLOGGED TABLE ledger.rate_limit_buckets (
-    api_key_id uuid NOT NULL,
-    window_start timestamptz NOT NULL,
-    backend_pid integer NOT NULL,
-    request_count integer NOT NULL,
-    CONSTRAINT rate_limit_buckets_pkey PRIMARY KEY (api_key_id, window_start, backend_pid)
-);
-
 -- The audit log: one row per state change, hashed on its own (no lock shared between
 -- writers); ledger.audit_seals chains the hashes in batches behind the commit horizon.
 CREATE TABLE ledger.audit_log (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY CHECK (id > 0),
     tx_id xid8 NOT NULL DEFAULT pg_current_xact_id(),
     created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     actor text NOT NULL,
@@ -245,5 +239,10 @@ CREATE TABLE ledger.audit_seals (
 -- triggers added by sql/ledger/forbid_change.sql refuse the statement even if re-granted.
 REVOKE UPDATE, DELETE, TRUNCATE ON ledger.events, ledger.ledger_entries, ledger.audit_log,
     ledger.audit_seals FROM atp_owner;
+
+-- Auditors read everything but the key hashes, which are credentials for the application role.
+REVOKE SELECT ON ledger.api_keys FROM atp_auditor;
+GRANT SELECT (id, name, key_prefix, permissions, rate_limit_per_minute, is_active, created_at, created_by,
+              expires_at, revoked_at, last_used_at, bucket_even, bucket_odd) ON ledger.api_keys TO atp_auditor;
 
 RESET ROLE;

@@ -28,7 +28,7 @@ BEGIN
     _ctx := ledger.authorize(burn.api_key_hash, 'admin', burn.request_user_id,
                              burn.correlation_id, burn.client_addr);
     _hash := COALESCE(burn.request_hash, ledger.fingerprint('burn', jsonb_build_object(
-        'from_user_id', burn.from_user_id, 'amount', burn.amount, 'reason', burn.reason)));
+        'from_user_id', burn.from_user_id, 'amount', trim_scale(burn.amount), 'reason', burn.reason)));
     _stored := ledger.idempotency_lookup(_ctx, burn.idempotency_key, 'burn', _hash);
     IF _stored.key IS NOT NULL THEN
         status := _stored.response_status;

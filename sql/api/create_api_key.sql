@@ -18,6 +18,7 @@ DECLARE
     _ctx ledger.request_context;
     -- 244 random bits from the server's strong random source; only the hash is kept.
     _key text := 'sk_live_' || replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', '');
+    _id uuid := ledger.uuid_v7();
     _row ledger.api_keys;
     _body jsonb;
 BEGIN
@@ -38,13 +39,18 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'expires_at must be in the future';
     END IF;
 
+    -- The key's two rate-limit buckets (see ledger.authorize).
+    EXECUTE format('CREATE UNLOGGED SEQUENCE ledger.%I AS bigint', 'rate_' || replace(_id::text, '-', '') || '_even');
+    EXECUTE format('CREATE UNLOGGED SEQUENCE ledger.%I AS bigint', 'rate_' || replace(_id::text, '-', '') || '_odd');
     INSERT INTO ledger.api_keys (id, name, key_prefix, key_hash, permissions, rate_limit_per_minute,
-                                 created_by, expires_at)
-    VALUES (ledger.uuid_v7(), create_api_key.name, left(_key, 12),
+                                 created_by, expires_at, bucket_even, bucket_odd)
+    VALUES (_id, create_api_key.name, left(_key, 12),
             encode(sha256(convert_to(_key, 'UTF8')), 'hex'),
             ARRAY(SELECT DISTINCT unnest(create_api_key.permissions) ORDER BY 1),
             create_api_key.rate_limit_per_minute,
-            COALESCE(_ctx.api_key_id::text, _ctx.actor), create_api_key.expires_at)
+            COALESCE(_ctx.api_key_id::text, _ctx.actor), create_api_key.expires_at,
+            format('ledger.%I', 'rate_' || replace(_id::text, '-', '') || '_even')::regclass,
+            format('ledger.%I', 'rate_' || replace(_id::text, '-', '') || '_odd')::regclass)
     RETURNING * INTO _row;
     _body := jsonb_build_object(
         'id', _row.id,

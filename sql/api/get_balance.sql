@@ -42,7 +42,8 @@ BEGIN
            max(e.created_at) AS last_at
       INTO _replayed
       FROM ledger.events e
-     WHERE e.aggregate_id = _account AND e.version > COALESCE(_snapshot.version, 0)
+     WHERE e.aggregate_type = 'account' AND e.aggregate_id = _account
+       AND e.version > COALESCE(_snapshot.version, 0)
        AND e.created_at <= get_balance.as_of;
     IF _snapshot.version IS NULL AND _replayed.events = 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'L4041',

@@ -28,7 +28,7 @@ BEGIN
     _ctx := ledger.authorize(mint.api_key_hash, 'admin', mint.request_user_id,
                              mint.correlation_id, mint.client_addr);
     _hash := COALESCE(mint.request_hash, ledger.fingerprint('mint', jsonb_build_object(
-        'to_user_id', mint.to_user_id, 'amount', mint.amount, 'reason', mint.reason)));
+        'to_user_id', mint.to_user_id, 'amount', trim_scale(mint.amount), 'reason', mint.reason)));
     _stored := ledger.idempotency_lookup(_ctx, mint.idempotency_key, 'mint', _hash);
     IF _stored.key IS NOT NULL THEN
         status := _stored.response_status;

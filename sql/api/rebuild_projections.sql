@@ -20,9 +20,11 @@ BEGIN
     LOCK TABLE ledger.balances IN EXCLUSIVE MODE;
     WITH replay AS (
         SELECT r.*, (SELECT e.id FROM ledger.events e
-                      WHERE e.aggregate_id = r.account_id AND e.version = r.version) AS last_event_id,
+                      WHERE e.aggregate_type = 'account' AND e.aggregate_id = r.account_id
+                        AND e.version = r.version) AS last_event_id,
                     (SELECT e.created_at FROM ledger.events e
-                      WHERE e.aggregate_id = r.account_id AND e.version = r.version) AS last_at
+                      WHERE e.aggregate_type = 'account' AND e.aggregate_id = r.account_id
+                        AND e.version = r.version) AS last_at
           FROM ledger.replay_accounts() r
     ), fixed AS (
         INSERT INTO ledger.balances AS b (account_id, normal_side, balance, is_frozen, is_closed, version,
@@ -49,4 +51,5 @@ REVOKE ALL ON FUNCTION api.rebuild_projections(text, uuid, text, inet) FROM PUBL
 GRANT EXECUTE ON FUNCTION api.rebuild_projections(text, uuid, text, inet) TO atp_dba;
 COMMENT ON FUNCTION api.rebuild_projections(text, uuid, text, inet) IS
 'Recomputes every balance from the events and corrects the projection where it differs (writers wait meanwhile).
-Returns the accounts it changed. Needs admin. Example: SELECT api.rebuild_projections();';
+Returns the accounts it changed. For DBAs only (atp_dba; not callable by the application role).
+Example: SELECT api.rebuild_projections();';

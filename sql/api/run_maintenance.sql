@@ -12,7 +12,7 @@ AS $$
 #variable_conflict use_column
 BEGIN
     RETURN jsonb_build_object(
-        'rate_limit_buckets_deleted', api.cleanup_rate_limits(run_maintenance.api_key_hash,
+        'rate_limit_keys_cleaned', api.cleanup_rate_limits(run_maintenance.api_key_hash,
             run_maintenance.request_user_id, run_maintenance.correlation_id, run_maintenance.client_addr),
         'idempotency_keys_expired', api.expire_idempotency_keys(run_maintenance.api_key_hash,
             run_maintenance.request_user_id, run_maintenance.correlation_id, run_maintenance.client_addr),
@@ -26,6 +26,6 @@ $$;
 REVOKE ALL ON FUNCTION api.run_maintenance(text, uuid, text, inet) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.run_maintenance(text, uuid, text, inet) TO atp_app, atp_dba;
 COMMENT ON FUNCTION api.run_maintenance(text, uuid, text, inet) IS
-'Runs every scheduled job once: rate-limit cleanup, idempotency expiry, partitions three months ahead, audit sealing.
+'Runs every scheduled job once: rate-limit bucket cleanup, idempotency expiry, partitions three months ahead, audit sealing.
 The service runs it every minute. Needs an admin key, or a keyless call from atp_dba or atp_app.
 Example: SELECT api.run_maintenance();';

@@ -34,7 +34,7 @@ BEGIN
     END IF;
     _hash := COALESCE(transfer.request_hash, ledger.fingerprint('transfer', jsonb_build_object(
         'from_user_id', transfer.from_user_id, 'to_user_id', transfer.to_user_id,
-        'amount', transfer.amount, 'memo', transfer.memo)));
+        'amount', trim_scale(transfer.amount), 'memo', transfer.memo)));
     _stored := ledger.idempotency_lookup(_ctx, transfer.idempotency_key, 'transfer', _hash);
     IF _stored.key IS NOT NULL THEN
         status := _stored.response_status;

@@ -54,6 +54,14 @@ BEGIN
         _expected_no := _seal.seal_no + 1;
     END LOOP;
 
+    -- Rows no seal can ever cover: ordered before the first possible row, or claiming a
+    -- transaction younger than this one (ids are handed out in order, so none can be real).
+    SELECT _problems || COALESCE(jsonb_agg(jsonb_build_object('audit_id', a.id,
+               'problem', 'row has a transaction id no seal can cover')), '[]')
+      INTO _problems
+      FROM ledger.audit_log a
+     WHERE (a.tx_id, a.id) <= ('0'::xid8, 0) OR a.tx_id > pg_current_xact_id();
+
     RETURN jsonb_build_object(
         'ok', jsonb_array_length(_problems) = 0,
         'rows', _rows,

@@ -65,7 +65,8 @@ BEGIN
       JOIN ledger.account_types t ON t.code = a.account_type
       CROSS JOIN LATERAL (SELECT COALESCE(sum(ledger.event_delta(e.event_type, e.data, t.normal_side)), 0) AS total
                             FROM ledger.events e
-                           WHERE e.aggregate_id = s.account_id AND e.version <= s.version) x
+                           WHERE e.aggregate_type = 'account' AND e.aggregate_id = s.account_id
+                             AND e.version <= s.version) x
      WHERE x.total <> s.balance;
 
     SELECT COALESCE(jsonb_agg(jsonb_build_object('journal_id', j.journal_id, 'debits', j.debits,
@@ -104,12 +105,16 @@ BEGIN
         'entry_mismatches', _entries,
         'snapshot_mismatches', _snapshots,
         'unbalanced_journals', _journals,
-        'trial_balance', jsonb_build_object('debit_normal_balances', _totals.debit_normal::text,
-                                            'credit_normal_balances', _totals.credit_normal::text,
-                                            'total_debits', _supply.debits::text,
-                                            'total_credits', _supply.credits::text),
-        'supply', jsonb_build_object('minted', _supply.minted::text, 'burned', _supply.burned::text,
-                                     'held', _totals.credit_normal::text, 'in_wallets', _totals.wallets::text));
+        'trial_balance', jsonb_build_object(
+            'debit_normal_balances', _totals.debit_normal::numeric(21, 8)::text,
+            'credit_normal_balances', _totals.credit_normal::numeric(21, 8)::text,
+            'total_debits', _supply.debits::numeric(21, 8)::text,
+            'total_credits', _supply.credits::numeric(21, 8)::text),
+        'supply', jsonb_build_object(
+            'minted', _supply.minted::numeric(21, 8)::text,
+            'burned', _supply.burned::numeric(21, 8)::text,
+            'held', _totals.credit_normal::numeric(21, 8)::text,
+            'in_wallets', _totals.wallets::numeric(21, 8)::text));
 END
 $$;
 

@@ -4,7 +4,7 @@
 CREATE OR REPLACE FUNCTION ledger.audit_row_hash(entry ledger.audit_log)
 RETURNS bytea
 LANGUAGE sql
-IMMUTABLE
+STABLE
 AS $$
     SELECT sha256(convert_to(jsonb_build_array(
         entry.id, entry.tx_id::text, ledger.rfc3339(entry.created_at), entry.actor, entry.api_key_id,

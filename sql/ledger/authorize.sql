@@ -16,7 +16,9 @@ AS $$
 DECLARE
     _ctx ledger.request_context;
     _key ledger.api_keys;
-    _window timestamptz := date_trunc('minute', now());
+    _minute bigint;
+    _bucket regclass;
+    _value bigint;
     _elapsed double precision;
     _current bigint;
     _previous bigint;
@@ -56,25 +58,26 @@ BEGIN
             MESSAGE = format('the API key %s lacks the %s permission', _key.name, authorize.permission);
     END IF;
 
-    -- Sliding-window limit over per-backend counters: no two backends share a row, so no
-    -- request waits for another's commit.
-    INSERT INTO ledger.rate_limit_buckets AS b (api_key_id, window_start, backend_pid, request_count)
-    VALUES (_key.id, _window, pg_backend_pid(), 1)
-    ON CONFLICT (api_key_id, window_start, backend_pid)
-    DO UPDATE SET request_count = b.request_count + 1
-    RETURNING request_count INTO _current;
-    -- This backend's own row was just counted; add every other backend's.
-    SELECT _current + COALESCE(sum(request_count) FILTER (WHERE window_start = _window), 0),
-           COALESCE(sum(request_count) FILTER (WHERE window_start < _window), 0)
-      INTO _current, _previous
-      FROM ledger.rate_limit_buckets
-     WHERE api_key_id = _key.id AND window_start >= _window - interval '1 minute'
-       AND NOT (window_start = _window AND backend_pid = pg_backend_pid());
-    _elapsed := extract(epoch FROM now() - _window) / 60.0;
+    -- Sliding-window limit. Each key has two UNLOGGED sequences, for even and odd minutes,
+    -- holding minute * 10^9 + requests. nextval is not transactional: a request that fails
+    -- later still counts, and no request waits for another's commit.
+    _minute := floor(extract(epoch FROM now()) / 60)::bigint;
+    _bucket := CASE WHEN _minute % 2 = 0 THEN _key.bucket_even ELSE _key.bucket_odd END;
+    _value := nextval(_bucket);
+    IF _value / 1000000000 < _minute THEN
+        -- First request of this minute: the bucket still holds a minute two or more ago.
+        -- Racing first requests may each restart it, which loses at most a few counts.
+        _value := setval(_bucket, _minute * 1000000000 + 1);
+    END IF;
+    _current := _value % 1000000000;
+    _previous := pg_sequence_last_value(CASE WHEN _minute % 2 = 0 THEN _key.bucket_odd ELSE _key.bucket_even END);
+    _previous := CASE WHEN _previous / 1000000000 = _minute - 1 THEN _previous % 1000000000 ELSE 0 END;
+    _elapsed := extract(epoch FROM now()) / 60.0 - _minute;
     IF _previous * (1.0 - _elapsed) + _current > _key.rate_limit_per_minute THEN
         RAISE EXCEPTION USING ERRCODE = 'L4291',
             MESSAGE = format('rate limit of %s requests per minute exceeded', _key.rate_limit_per_minute),
-            DETAIL = json_build_object('retry_after', greatest(1, ceil(60 - _elapsed * 60)))::text;
+            DETAIL = json_build_object('retry_after', ledger.retry_after(_key.rate_limit_per_minute, _current,
+                                                                         _previous, _elapsed))::text;
     END IF;
 
     -- last_used_at moves at most once a minute, and never waits for a lock to do so.

@@ -1,0 +1,481 @@
+"""Invariant 7: the audit chain verifies from the first row to the last, and a changed,
+inserted or removed row is found.
+
+Every audit row is hashed on insert; api.seal_audit chains the rows of finished
+transactions, in (tx_id, id) order, into ledger.audit_seals. Sealing needs committed
+transactions, so these tests run from Python, each in its own fresh database (the
+`database` fixture), and tamper with the tables as the superuser, who can do anything.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+
+class Ledger:
+    """Api calls as the DBA (keyless) or, given a key hash, as the application role."""
+
+    def __init__(self, conn: psycopg.Connection, key_hash: str | None = None) -> None:
+        self.conn = conn
+        self.key_hash = key_hash
+
+    def _call(self, sql: str, params: dict[str, Any]) -> dict[str, Any]:
+        params = {**params, "idem": uuid.uuid4(), "key": self.key_hash}
+        row = self.conn.execute(sql, params).fetchone()
+        assert row is not None
+        assert row[0] in (200, 201), row
+        return row[1]
+
+    def create_user(self, name: str) -> uuid.UUID:
+        user_id = uuid.uuid4()
+        self._call(
+            "SELECT status, body FROM api.create_user(%(id)s, %(name)s, %(email)s,"
+            " idempotency_key => %(idem)s, api_key_hash => %(key)s)",
+            {"id": user_id, "name": name, "email": f"{name}@example.com"},
+        )
+        return user_id
+
+    def mint(self, user_id: uuid.UUID, amount: str) -> None:
+        self._call(
+            "SELECT status, body FROM api.mint(%(id)s, %(amount)s::numeric, 'test',"
+            " idempotency_key => %(idem)s, api_key_hash => %(key)s)",
+            {"id": user_id, "amount": amount},
+        )
+
+    def burn(self, user_id: uuid.UUID, amount: str) -> None:
+        self._call(
+            "SELECT status, body FROM api.burn(%(id)s, %(amount)s::numeric, 'test',"
+            " idempotency_key => %(idem)s, api_key_hash => %(key)s)",
+            {"id": user_id, "amount": amount},
+        )
+
+    def transfer(self, sender: uuid.UUID, receiver: uuid.UUID, amount: str) -> None:
+        self._call(
+            "SELECT status, body FROM api.transfer(%(from)s, %(to)s, %(amount)s::numeric,"
+            " 'memo \"quoted\" \\ and\nnewline', idempotency_key => %(idem)s,"
+            " api_key_hash => %(key)s, request_user_id => %(from)s)",
+            {"from": sender, "to": receiver, "amount": amount},
+        )
+
+    def rename(self, user_id: uuid.UUID, display_name: str) -> None:
+        self._call(
+            "SELECT status, body FROM api.update_user(%(id)s, display_name => %(dn)s,"
+            " idempotency_key => %(idem)s, api_key_hash => %(key)s)",
+            {"id": user_id, "dn": display_name},
+        )
+
+    def freeze(self, user_id: uuid.UUID, frozen: bool) -> None:
+        fn = "freeze_wallet" if frozen else "unfreeze_wallet"
+        self._call(
+            f"SELECT status, body FROM api.{fn}(%(id)s, 'test',"
+            " idempotency_key => %(idem)s, api_key_hash => %(key)s)",
+            {"id": user_id},
+        )
+
+
+def seal(dba: psycopg.Connection) -> dict[str, Any]:
+    row = dba.execute("SELECT api.seal_audit()").fetchone()
+    assert row is not None
+    return row[0]
+
+
+def verify(dba: psycopg.Connection) -> dict[str, Any]:
+    row = dba.execute("SELECT api.verify_audit_chain()").fetchone()
+    assert row is not None
+    return row[0]
+
+
+def reported(result: dict[str, Any]) -> tuple[set[int], set[int]]:
+    """(audit ids, seal numbers) named in the verifier's problems."""
+    problems = result["problems"]
+    return (
+        {p["audit_id"] for p in problems if "audit_id" in p},
+        {p["seal_no"] for p in problems if "seal_no" in p},
+    )
+
+
+def count(dba: psycopg.Connection, sql: str, params: tuple[Any, ...] = ()) -> int:
+    row = dba.execute(sql, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def as_attacker(dba: psycopg.Connection, table: str, trigger: str, sql: str, params: tuple) -> None:
+    """What a superuser can do: switch the append-only trigger off, change, switch it on."""
+    with dba.transaction():
+        dba.execute(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}")
+        dba.execute(sql, params)
+        dba.execute(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}")
+
+
+def covering_seal(dba: psycopg.Connection, audit_id: int) -> int:
+    """The number of the seal whose range holds the audit row."""
+    return count(
+        dba,
+        "SELECT s.seal_no FROM ledger.audit_seals s, ledger.audit_log a"
+        " WHERE a.id = %s AND (s.last_tx_id, s.last_id) >= (a.tx_id, a.id)"
+        " ORDER BY s.seal_no LIMIT 1",
+        (audit_id,),
+    )
+
+
+@pytest.fixture
+def history(dba: psycopg.Connection, app_url: str, make_key) -> Iterator[dict[str, Any]]:
+    """Two batches of operations in many committed transactions, by the DBA and by the app
+    with a key, each batch sealed: two seals covering every audit row."""
+    _, key_hash, _ = make_key(["admin"])
+    as_dba = Ledger(dba)
+    with psycopg.connect(app_url, autocommit=True) as app:
+        as_app = Ledger(app, key_hash)
+        alice = as_dba.create_user("chain_alice")
+        bob = as_app.create_user("chain_bob")
+        as_dba.mint(alice, "100")
+        as_app.transfer(alice, bob, "10.5")
+        as_app.rename(bob, "Bob B.")
+        with dba.transaction():  # several audit rows in one transaction
+            as_dba.mint(bob, "5")
+            as_dba.freeze(bob, True)
+            as_dba.freeze(bob, False)
+        first = seal(dba)
+        as_app.transfer(bob, alice, "1")
+        as_dba.burn(alice, "2")
+        second = seal(dba)
+        yield {
+            "alice": alice,
+            "bob": bob,
+            "key_hash": key_hash,
+            "app": as_app,
+            "seals": (first, second),
+        }
+
+
+def test_untouched_history_verifies(dba: psycopg.Connection, history: dict[str, Any]) -> None:
+    first, second = history["seals"]
+    assert first["sealed_rows"] >= 7
+    assert second["sealed_rows"] >= 2
+    result = verify(dba)
+    assert result["ok"] is True, result
+    assert result["problems"] == []
+    assert result["seals"] == 2
+    assert result["unsealed_rows"] == 0
+    assert (
+        result["sealed_rows"]
+        == result["rows"]
+        == count(dba, "SELECT count(*) FROM ledger.audit_log")
+    )
+    # The app's rows are in the chain with their key, the DBA's with their role.
+    assert count(dba, "SELECT count(*) FROM ledger.audit_log WHERE api_key_id IS NOT NULL") >= 4
+    assert count(dba, "SELECT count(*) FROM ledger.audit_log WHERE actor = 'postgres'") >= 5
+
+
+def test_changed_sealed_row_is_found(dba: psycopg.Connection, history: dict[str, Any]) -> None:
+    target = count(dba, "SELECT min(id) FROM ledger.audit_log WHERE action = 'transfer'")
+    as_attacker(
+        dba,
+        "ledger.audit_log",
+        "audit_log_append_only",
+        'UPDATE ledger.audit_log SET after_state = after_state || \'{"amount": "1000.00000000"}\''
+        " WHERE id = %s",
+        (target,),
+    )
+    result = verify(dba)
+    assert result["ok"] is False
+    assert reported(result) == ({target}, set()), result
+
+
+def test_changed_row_with_recomputed_hash_breaks_its_seal(
+    dba: psycopg.Connection, history: dict[str, Any]
+) -> None:
+    target = count(dba, "SELECT min(id) FROM ledger.audit_log WHERE action = 'transfer'")
+    seal_no = covering_seal(dba, target)
+    as_attacker(
+        dba,
+        "ledger.audit_log",
+        "audit_log_append_only",
+        "UPDATE ledger.audit_log SET actor = 'someone else' WHERE id = %s",
+        (target,),
+    )
+    as_attacker(
+        dba,
+        "ledger.audit_log",
+        "audit_log_append_only",
+        "UPDATE ledger.audit_log a SET row_hash = ledger.audit_row_hash(a) WHERE id = %s",
+        (target,),
+    )
+    result = verify(dba)
+    assert result["ok"] is False
+    assert reported(result) == (set(), {seal_no}), result
+
+
+def test_deleted_sealed_row_breaks_its_seal(
+    dba: psycopg.Connection, history: dict[str, Any]
+) -> None:
+    target = count(dba, "SELECT min(id) FROM ledger.audit_log WHERE action = 'mint'")
+    seal_no = covering_seal(dba, target)
+    as_attacker(
+        dba,
+        "ledger.audit_log",
+        "audit_log_append_only",
+        "DELETE FROM ledger.audit_log WHERE id = %s",
+        (target,),
+    )
+    result = verify(dba)
+    assert result["ok"] is False
+    assert reported(result) == (set(), {seal_no}), result
+    assert result["rows"] == result["sealed_rows"]
+
+
+def test_forged_row_in_sealed_range_breaks_its_seal(
+    dba: psycopg.Connection, history: dict[str, Any]
+) -> None:
+    first_tx, first_id = dba.execute(
+        "SELECT tx_id::text, id FROM ledger.audit_log ORDER BY tx_id, id LIMIT 1"
+    ).fetchone()
+    forged_id = count(dba, "SELECT max(id) + 1000 FROM ledger.audit_log")
+    # No trigger needs switching off: INSERT is allowed; the hash trigger even hashes it.
+    dba.execute(
+        "INSERT INTO ledger.audit_log (id, tx_id, created_at, actor, action, resource_type,"
+        " resource_id, after_state, row_hash) OVERRIDING SYSTEM VALUE"
+        " SELECT %s, %s::xid8, created_at, actor, 'mint', 'mint', gen_random_uuid()::text,"
+        "        '{\"amount\": \"5000.00000000\"}', '\\x'"
+        "   FROM ledger.audit_log WHERE id = %s",
+        (forged_id, first_tx, first_id),
+    )
+    seal_no = covering_seal(dba, forged_id)
+    last_tx_of_seal = count(
+        dba,
+        "SELECT last_tx_id::text::bigint FROM ledger.audit_seals WHERE seal_no = %s",
+        (seal_no,),
+    )
+    assert last_tx_of_seal > int(first_tx), "the forged row must sit inside a sealed range"
+    result = verify(dba)
+    assert result["ok"] is False
+    assert reported(result) == (set(), {seal_no}), result
+
+
+def test_changed_seal_hash_is_found(dba: psycopg.Connection, history: dict[str, Any]) -> None:
+    as_attacker(
+        dba,
+        "ledger.audit_seals",
+        "audit_seals_append_only",
+        "UPDATE ledger.audit_seals SET seal_hash = sha256(seal_hash) WHERE seal_no = %s",
+        (1,),
+    )
+    result = verify(dba)
+    assert result["ok"] is False
+    # The seal no longer matches its rows, and the next seal no longer follows it.
+    assert reported(result) == (set(), {1, 2}), result
+
+
+def test_removed_seal_is_found(dba: psycopg.Connection, history: dict[str, Any]) -> None:
+    as_attacker(
+        dba,
+        "ledger.audit_seals",
+        "audit_seals_append_only",
+        "DELETE FROM ledger.audit_seals WHERE seal_no = %s",
+        (1,),
+    )
+    result = verify(dba)
+    assert result["ok"] is False
+    assert reported(result) == (set(), {2}), result
+
+
+def test_changed_unsealed_row_is_found(dba: psycopg.Connection, history: dict[str, Any]) -> None:
+    history["app"].transfer(history["alice"], history["bob"], "3")
+    target = count(dba, "SELECT max(id) FROM ledger.audit_log")
+    assert verify(dba)["unsealed_rows"] == 1
+    as_attacker(
+        dba,
+        "ledger.audit_log",
+        "audit_log_append_only",
+        "UPDATE ledger.audit_log SET request_user_id = gen_random_uuid() WHERE id = %s",
+        (target,),
+    )
+    result = verify(dba)
+    assert result["ok"] is False
+    assert reported(result) == ({target}, set()), result
+
+
+def sealed_exactly_once(dba: psycopg.Connection) -> int:
+    """How many audit rows are not covered by exactly one seal's range."""
+    return count(
+        dba,
+        """
+        WITH ranges AS (
+            SELECT seal_no, last_tx_id, last_id,
+                   lag(last_tx_id, 1, '0'::xid8) OVER (ORDER BY seal_no) AS prev_tx,
+                   lag(last_id, 1, 0::bigint) OVER (ORDER BY seal_no) AS prev_id
+              FROM ledger.audit_seals)
+        SELECT count(*) FROM ledger.audit_log a
+         WHERE (SELECT count(*) FROM ranges r
+                 WHERE (a.tx_id, a.id) > (r.prev_tx, r.prev_id)
+                   AND (a.tx_id, a.id) <= (r.last_tx_id, r.last_id)) <> 1
+        """,
+    )
+
+
+def test_open_transaction_is_sealed_only_after_commit(
+    dba: psycopg.Connection, app_url: str, make_key
+) -> None:
+    _, key_hash, _ = make_key(["admin"])
+    as_dba = Ledger(dba)
+    as_dba.create_user("early")
+    assert seal(dba)["sealed_rows"] >= 2  # the key's and the user's rows
+
+    with psycopg.connect(app_url) as held:  # a transaction, left open
+        Ledger(held, key_hash).create_user("held_open")
+        row = held.execute("SELECT pg_current_xact_id()::text").fetchone()
+        assert row is not None
+        held_tx = row[0]
+
+        as_dba.create_user("later")  # commits while the other is still open
+        during = seal(dba)
+        assert during["sealed_rows"] == 0, "nothing at or after an open transaction is sealed"
+        status = verify(dba)
+        assert status["ok"] is True, status
+        assert status["unsealed_rows"] == 1  # "later": the open transaction's row is not visible
+
+        held.commit()
+
+    seals_before = count(dba, "SELECT count(*) FROM ledger.audit_seals")
+    after = seal(dba)
+    assert after["sealed_rows"] == 2  # the held transaction's row and "later"
+    held_ids = [
+        r[0]
+        for r in dba.execute(
+            "SELECT id FROM ledger.audit_log WHERE tx_id = %s::xid8", (held_tx,)
+        ).fetchall()
+    ]
+    assert len(held_ids) == 1
+    assert covering_seal(dba, held_ids[0]) == after["last_seal_no"] == seals_before + 1
+
+    again = seal(dba)
+    assert again["sealed_rows"] == 0
+    assert count(dba, "SELECT count(*) FROM ledger.audit_seals") == seals_before + 1
+    assert sealed_exactly_once(dba) == 0
+    assert count(dba, "SELECT sum(row_count) FROM ledger.audit_seals") == count(
+        dba, "SELECT count(*) FROM ledger.audit_log"
+    )
+    result = verify(dba)
+    assert result["ok"] is True, result
+    assert result["unsealed_rows"] == 0
+
+
+def test_audit_writers_do_not_block_each_other(
+    dba: psycopg.Connection, app_url: str, make_key
+) -> None:
+    _, key_hash, _ = make_key(["admin"])
+    as_dba = Ledger(dba)
+    alice = as_dba.create_user("w_alice")
+    bob = as_dba.create_user("w_bob")
+    as_dba.mint(alice, "50")
+
+    with (
+        psycopg.connect(app_url) as first,
+        psycopg.connect(app_url, autocommit=True) as second,
+    ):
+        Ledger(first, key_hash).transfer(alice, bob, "1")  # holds its audit row, uncommitted
+        second.execute("SET statement_timeout = '2s'")
+        as_second = Ledger(second, key_hash)  # same API key, other users
+        carol = as_second.create_user("w_carol")
+        as_second.mint(carol, "7")
+        as_second.rename(carol, "Carol C.")
+        dba.execute("SET statement_timeout = '2s'")
+        seal(dba)  # the sealer does not wait for writers either
+        dba.execute("RESET statement_timeout")
+        first.commit()
+
+    assert (
+        count(dba, "SELECT count(*) FROM ledger.audit_log WHERE resource_id = %s", (str(carol),))
+        == 2
+    )
+    seal(dba)
+    result = verify(dba)
+    assert result["ok"] is True, result
+    assert result["unsealed_rows"] == 0
+
+
+def test_forged_row_outside_every_seal_is_found(
+    dba: psycopg.Connection, history: dict[str, Any]
+) -> None:
+    """Seal ranges start after (tx_id 0, id 0): a row forged at or below that point is refused
+    by a CHECK, and a row claiming a transaction that has not started yet, which no seal would
+    ever cover, is reported by the verifier instead of counted as merely unsealed."""
+    forged = (
+        "INSERT INTO ledger.audit_log (id, tx_id, created_at, actor, action, resource_type,"
+        " resource_id, after_state, row_hash) OVERRIDING SYSTEM VALUE"
+        " VALUES ({id}, '{tx}', now() - interval '1 year', 'postgres', 'mint', 'mint',"
+        "         gen_random_uuid()::text, '{{\"amount\": \"5000.00000000\"}}', '\\x')"
+    )
+    with pytest.raises(psycopg.errors.CheckViolation):
+        dba.execute(forged.format(id=-1, tx="0"))
+    dba.execute(forged.format(id=10**9, tx=10**12))
+    assert seal(dba)["sealed_rows"] == 0  # it can never be sealed
+    result = verify(dba)
+    assert result["ok"] is False, result
+    assert 10**9 in reported(result)[0], result
+
+
+# A changed value for each column type of ledger.audit_log, as an SQL expression over row a.
+CHANGED = {
+    "bigint": "a.{c} + 1",
+    "xid8": "(a.{c}::text::bigint + 1)::text::xid8",
+    "timestamp with time zone": "a.{c} + interval '1 microsecond'",
+    "text": "COALESCE(a.{c}, '') || 'x'",
+    "uuid": "gen_random_uuid()",
+    "inet": "CASE WHEN a.{c} = '10.9.9.9' THEN '10.9.9.8' ELSE '10.9.9.9' END::inet",
+    "jsonb": "COALESCE(a.{c}, '{{}}') || '{{\"tampered\": true}}'",
+}
+
+
+def test_row_hash_covers_every_column(dba: psycopg.Connection, history: dict[str, Any]) -> None:
+    """Any change to any column (present or added later) changes the row's hash."""
+    columns = dba.execute(
+        "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid = 'ledger.audit_log'::regclass AND attnum > 0 AND NOT attisdropped"
+        "   AND attname <> 'row_hash' ORDER BY attnum"
+    ).fetchall()
+    assert len(columns) >= 13
+    target = count(dba, "SELECT min(id) FROM ledger.audit_log WHERE action = 'transfer'")
+    unchanged = []
+    for column, type_name in columns:
+        assert type_name in CHANGED, f"add a changed value for {type_name} ({column})"
+        expression = CHANGED[type_name].format(c=column)
+        row = dba.execute(
+            "SELECT ledger.audit_row_hash(a) = a.row_hash, ledger.audit_row_hash("
+            f"jsonb_populate_record(a, jsonb_build_object(%s::text, {expression}))) = a.row_hash"
+            " FROM ledger.audit_log a WHERE a.id = %s",
+            (column, target),
+        ).fetchone()
+        assert row is not None
+        assert row[0] is True, "the untouched row matches its hash"
+        if row[1]:
+            unchanged.append(column)
+    assert unchanged == [], f"the row hash ignores {unchanged}"
+
+
+def test_hash_does_not_depend_on_session_settings(
+    dba: psycopg.Connection, app_url: str, make_key
+) -> None:
+    """Rows written in a session with exotic settings verify in any other session."""
+    _, key_hash, _ = make_key(["admin"])
+    settings = (
+        "SET TimeZone = 'America/St_Johns'; SET DateStyle = 'SQL, DMY';"
+        " SET IntervalStyle = 'postgres_verbose'; SET extra_float_digits = -3"
+    )
+    with psycopg.connect(app_url, autocommit=True) as odd:
+        odd.execute(settings)
+        as_odd = Ledger(odd, key_hash)
+        someone = as_odd.create_user("tz_someone")
+        as_odd.mint(someone, "12.34567891")
+    seal(dba)
+    assert verify(dba)["ok"] is True
+    dba.execute("SET TimeZone = 'Pacific/Chatham'; SET DateStyle = 'German'")
+    result = verify(dba)
+    assert result["ok"] is True, result
+    assert result["unsealed_rows"] == 0
