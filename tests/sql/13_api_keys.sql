@@ -2,7 +2,7 @@
 -- revoked and expired keys; permissions of every api function; the rate limit; the roles atp_app and
 -- atp_auditor; and the security properties every api function must have.
 BEGIN;
-SELECT plan(215);
+SELECT plan(217);
 
 CREATE TEMP TABLE ck (name text PRIMARY KEY, j jsonb);
 CREATE TEMP TABLE k (name text PRIMARY KEY, id uuid, key text, hash text);
@@ -263,8 +263,13 @@ SELECT pg_temp.error_of(format('SELECT api.get_balance(%L, api_key_hash => %L)',
                                (SELECT hash FROM k WHERE name = 'two'))) AS e;
 SELECT is(e ->> 'sqlstate', 'L4291', 'request 3 within the minute is rate_limit_exceeded') FROM limited;
 SELECT ok((e ->> 'detail')::jsonb ->> 'retry_after' ~ '^\d+$'
-          AND ((e ->> 'detail')::jsonb ->> 'retry_after')::int BETWEEN 1 AND 60,
-          'its DETAIL holds retry_after: whole seconds, 1 to 60') FROM limited;
+          AND ((e ->> 'detail')::jsonb ->> 'retry_after')::int
+              = ledger.retry_after(2, 3, 0, extract(epoch FROM now()) / 60.0 - floor(extract(epoch FROM now()) / 60)),
+          'its DETAIL holds retry_after: the whole seconds until the sliding window has room') FROM limited;
+-- Three requests against a limit of 2: the rest of this minute, then 40 s until the weighted
+-- count of this minute has slid below the limit.
+SELECT is(ledger.retry_after(2, 3, 0, 0.5), 70, 'retry_after waits out the minute and the slide');
+SELECT is(ledger.retry_after(10, 5, 20, 0.25), 33, 'with room this minute, retry_after waits for the previous minute to slide out');
 SELECT throws_ok(format('SELECT api.authenticate(%L)', (SELECT hash FROM k WHERE name = 'two')),
                  'L4291', NULL, 'and so is every further request');
 SELECT is((SELECT pg_sequence_last_value(CASE WHEN floor(extract(epoch FROM now()) / 60)::bigint % 2 = 0
