@@ -1,4 +1,5 @@
--- The projection, in the transaction that appends the event: an account event moves its
+-- The projection, as the event is appended (BEFORE INSERT: no queued trigger event per row,
+-- and a refused event is never written): an account event moves its
 -- balances row from version n-1 to n (anything else is a version conflict, so versions are
 -- unique per aggregate although no index can span the partitions), and every 100th
 -- version leaves a snapshot. User events move the user's version the same way. The
@@ -8,7 +9,9 @@ RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    _row ledger.balances;
+    _balance numeric;
+    _frozen boolean;
+    _closed boolean;
 BEGIN
     IF NEW.aggregate_type = 'user' THEN
         UPDATE ledger.users SET version = NEW.version
@@ -17,7 +20,7 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = 'L4092',
                 MESSAGE = format('user %s is not at version %s', NEW.aggregate_id, NEW.version - 1);
         END IF;
-        RETURN NULL;
+        RETURN NEW;
     END IF;
 
     IF NEW.event_type = 'AccountOpened' THEN
@@ -32,7 +35,7 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = 'L4092',
                 MESSAGE = format('account %s cannot be opened at version %s', NEW.aggregate_id, NEW.version);
         END IF;
-        RETURN NULL;
+        RETURN NEW;
     ELSIF NEW.event_type NOT IN ('AccountDebited', 'AccountCredited', 'AccountFrozen', 'AccountUnfrozen',
                                  'AccountClosed') THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = format('unknown account event type %s', NEW.event_type);
@@ -47,18 +50,18 @@ BEGIN
            last_event_id = NEW.id,
            updated_at = NEW.created_at
      WHERE b.account_id = NEW.aggregate_id AND b.version = NEW.version - 1
-    RETURNING b.* INTO _row;
+    RETURNING b.balance, b.is_frozen, b.is_closed INTO _balance, _frozen, _closed;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'L4092',
             MESSAGE = format('account %s does not exist or is not at version %s', NEW.aggregate_id, NEW.version - 1);
     END IF;
     IF NEW.version % 100 = 0 THEN
         INSERT INTO ledger.snapshots (account_id, version, balance, is_frozen, is_closed, event_created_at)
-        VALUES (_row.account_id, _row.version, _row.balance, _row.is_frozen, _row.is_closed, NEW.created_at);
+        VALUES (NEW.aggregate_id, NEW.version, _balance, _frozen, _closed, NEW.created_at);
     END IF;
-    RETURN NULL;
+    RETURN NEW;
 END
 $$;
 
-CREATE OR REPLACE TRIGGER events_project AFTER INSERT ON ledger.events
+CREATE OR REPLACE TRIGGER events_project BEFORE INSERT ON ledger.events
     FOR EACH ROW EXECUTE FUNCTION ledger.project_event();
