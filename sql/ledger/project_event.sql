@@ -1,5 +1,6 @@
--- The projection, as the event is appended (BEFORE INSERT: no queued trigger event per row,
--- and a refused event is never written): an account event moves its
+-- The projection, in the transaction that appends the event (AFTER INSERT: a BEFORE trigger
+-- of the second row of a multi-row INSERT would not see what the first row's trigger did,
+-- and two events of one version would both pass): an account event moves its
 -- balances row from version n-1 to n (anything else is a version conflict, so versions are
 -- unique per aggregate although no index can span the partitions), and every 100th
 -- version leaves a snapshot. User events move the user's version the same way. The
@@ -20,7 +21,7 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = 'L4092',
                 MESSAGE = format('user %s is not at version %s', NEW.aggregate_id, NEW.version - 1);
         END IF;
-        RETURN NEW;
+        RETURN NULL;
     END IF;
 
     IF NEW.event_type = 'AccountOpened' THEN
@@ -35,7 +36,7 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = 'L4092',
                 MESSAGE = format('account %s cannot be opened at version %s', NEW.aggregate_id, NEW.version);
         END IF;
-        RETURN NEW;
+        RETURN NULL;
     ELSIF NEW.event_type NOT IN ('AccountDebited', 'AccountCredited', 'AccountFrozen', 'AccountUnfrozen',
                                  'AccountClosed') THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = format('unknown account event type %s', NEW.event_type);
@@ -59,9 +60,9 @@ BEGIN
         INSERT INTO ledger.snapshots (account_id, version, balance, is_frozen, is_closed, event_created_at)
         VALUES (NEW.aggregate_id, NEW.version, _balance, _frozen, _closed, NEW.created_at);
     END IF;
-    RETURN NEW;
+    RETURN NULL;
 END
 $$;
 
-CREATE OR REPLACE TRIGGER events_project BEFORE INSERT ON ledger.events
+CREATE OR REPLACE TRIGGER events_project AFTER INSERT ON ledger.events
     FOR EACH ROW EXECUTE FUNCTION ledger.project_event();
