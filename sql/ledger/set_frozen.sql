@@ -21,6 +21,10 @@ BEGIN
     SELECT * INTO _wallet FROM ledger.balances
      WHERE account_id = ledger.wallet_of(set_frozen.user_id)
        FOR UPDATE;
+    -- A delete may have committed while this waited for the lock: the wallet is closed then.
+    IF NOT FOUND OR _wallet.is_closed THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found', set_frozen.user_id);
+    END IF;
     _before := ledger.user_json(set_frozen.user_id);
     IF _wallet.is_frozen <> set_frozen.frozen THEN
         INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor,
