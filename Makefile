@@ -13,12 +13,13 @@ export PATH := $(PG_BINDIR):$(PATH)
 # Functions and triggers are re-applied on every migrate, helpers first.
 SQL_FILES := $(sort $(wildcard sql/ledger/*.sql)) $(sort $(wildcard sql/api/*.sql))
 
-.PHONY: help venv deps test lint format migrate
+.PHONY: help venv deps test lint format migrate run api-key
 
 help:
 	@echo "make run      serve the API on http://127.0.0.1:8000 (embedded PostgreSQL unless DATABASE_URL is set)"
 	@echo "make test     run every test against temporary PostgreSQL clusters"
 	@echo "make migrate  apply migrations and sql/ to DATABASE_URL"
+	@echo "make api-key NAME=nextjs PERMISSIONS=read,write  create an API key and print it once"
 	@echo "make lint     ruff check and format check"
 
 $(STAMP): pyproject.toml
@@ -62,3 +63,14 @@ migrate: $(STAMP)
 	psql "$(DATABASE_URL)" -X -q -1 -v ON_ERROR_STOP=1 -c 'SET ROLE atp_owner' -c 'SET check_function_bodies = off' \
 	    $(addprefix -f ,$(SQL_FILES)) -c 'SELECT ledger.drop_stale_functions()' -c 'SELECT ledger.ensure_partitions(3)' >/dev/null
 	@echo "migrated: $(words $(SQL_FILES)) sql files applied"
+
+# Serve on HOST:PORT (127.0.0.1:8000) with WORKERS processes. Without DATABASE_URL: the embedded
+# PostgreSQL in .pgdata/ (created on first start, started and stopped with the server).
+run: $(STAMP)
+	$(PY) app.py run
+
+# A new API key, printed once (RATE_LIMIT per minute, EXPIRES_AT in RFC 3339; both optional).
+api-key: $(STAMP)
+	@test -n "$(NAME)" || { echo "make api-key: set NAME=... (and PERMISSIONS=read,write,admin)"; exit 2; }
+	@$(PY) app.py api-key --name "$(NAME)" --permissions "$(or $(PERMISSIONS),read)" \
+	    --rate-limit "$(or $(RATE_LIMIT),1000)" $(if $(EXPIRES_AT),--expires-at "$(EXPIRES_AT)")

@@ -1,0 +1,654 @@
+"""The HTTP contract of DIRECTION.md against the real server (uvicorn, `python app.py serve`) and
+a real PostgreSQL: every route, every error code, every permission, the transfer rule,
+idempotency, the correlation id, and what the logs may and may not contain."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from conftest import TEMPLATE, Cluster, key_hash, url
+from http_fixtures import Api, cluster_log, serve_fresh_database, start_server
+
+from app import OPERATIONS, Operation
+
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@pytest.fixture(scope="module")
+def api(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """One server and database for the module (the maintenance job would only add noise)."""
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    with serve_fresh_database(cluster, log_path, MAINTENANCE_INTERVAL="0") as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def admin_key(api: Api) -> str:
+    return api.key(["admin"], name="http-admin")
+
+
+def error_of(response: httpx.Response) -> str:
+    body = response.json()
+    assert set(body) == {"error", "message"}, body
+    assert body["message"]
+    return str(body["error"])
+
+
+def expect_error(response: httpx.Response, status: int, error: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert error_of(response) == error, response.text
+    assert response.headers["content-type"] == "application/json"
+    return dict(response.json())
+
+
+# --- every route's success path ------------------------------------------------------------
+
+
+def test_user_lifecycle(api: Api, admin_key: str) -> None:
+    writer = api.key(["read", "write"])
+    user = api.new_user(writer, display_name="Alice A")
+    assert user["balance"] == "0.00000000"
+    assert user["version"] == 1 and user["is_frozen"] is False
+    user_id = user["user_id"]
+
+    got = api.request("GET", f"/users/{user_id}", writer)
+    assert got.status_code == 200 and got.json() == user
+
+    patched = api.request("PATCH", f"/users/{user_id}", writer, {"display_name": "Alice B"})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["display_name"] == "Alice B" and patched.json()["version"] == 2
+    stale = api.request(
+        "PATCH", f"/users/{user_id}", writer, {"display_name": "C", "expected_version": 1}
+    )
+    expect_error(stale, 409, "version_conflict")
+
+    api.mint(admin_key, user_id, "5")
+    expect_error(api.request("DELETE", f"/users/{user_id}", writer), 409, "balance_not_zero")
+    burn = {"from_user_id": user_id, "amount": "5", "reason": "close"}
+    assert api.request("POST", "/admin/burn", admin_key, burn).status_code == 201
+
+    deleted = api.request("DELETE", f"/users/{user_id}", writer)
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["status"] == "deleted" and deleted.json()["user_id"] == user_id
+    expect_error(api.request("GET", f"/users/{user_id}", writer), 404, "user_not_found")
+    # The username and email are free again.
+    again = api.new_user(writer, username=user["username"], email=user["email"])
+    assert again["user_id"] != user_id
+
+
+def test_money_routes(api: Api, admin_key: str) -> None:
+    alice = api.new_user(admin_key)["user_id"]
+    bob = api.new_user(admin_key)["user_id"]
+    minted = api.mint(admin_key, alice, "1000.5").json()
+    assert minted["amount"] == "1000.50000000" and minted["status"] == "completed"
+    assert UUID_RE.match(minted["mint_id"]) and minted["to_user_id"] == alice
+
+    body = {"from_user_id": alice, "to_user_id": bob, "amount": "100.25", "memo": "lunch"}
+    sent = api.request("POST", "/transfers", admin_key, body, acting_user=alice)
+    assert sent.status_code == 201, sent.text
+    transfer = sent.json()
+    assert transfer["amount"] == "100.25000000" and transfer["memo"] == "lunch"
+    assert "idempotent-replayed" not in sent.headers
+
+    fetched = api.request("GET", f"/transfers/{transfer['transfer_id']}", admin_key)
+    assert fetched.status_code == 200 and fetched.json() == transfer
+
+    burned = api.request(
+        "POST", "/admin/burn", admin_key, {"from_user_id": bob, "amount": "0.25", "reason": "x"}
+    )
+    assert burned.status_code == 201, burned.text
+    assert burned.json()["amount"] == "0.25000000" and burned.json()["from_user_id"] == bob
+
+    assert api.balance(admin_key, alice) == "900.25000000"
+    assert api.balance(admin_key, bob) == "100.00000000"
+    past = api.request(
+        "GET", f"/users/{alice}/balance", admin_key, params={"as_of": minted["created_at"]}
+    )
+    assert past.status_code == 200, past.text
+    assert past.json()["balance"] == "1000.50000000"
+
+    history = api.request("GET", f"/users/{alice}/history", admin_key).json()
+    assert [(i["kind"], i["amount"], i["balance_after"]) for i in history["items"]] == [
+        ("transfer_out", "100.25000000", "900.25000000"),
+        ("mint", "1000.50000000", "1000.50000000"),
+    ]
+    assert history["items"][0]["counterparty"] == bob and history["next_cursor"] is None
+    first = api.request("GET", f"/users/{alice}/history", admin_key, params={"limit": 1}).json()
+    assert len(first["items"]) == 1 and first["next_cursor"]
+    rest = api.request(
+        "GET",
+        f"/users/{alice}/history",
+        admin_key,
+        params={"limit": 1, "cursor": first["next_cursor"]},
+    ).json()
+    assert rest["items"] == history["items"][1:] and rest["next_cursor"] is None
+
+
+def test_freeze_and_unfreeze(api: Api, admin_key: str) -> None:
+    alice = api.new_user(admin_key)["user_id"]
+    bob = api.new_user(admin_key)["user_id"]
+    api.mint(admin_key, alice, "10")
+    frozen = api.request("POST", f"/admin/users/{bob}/freeze", admin_key, {"reason": "ticket 42"})
+    assert frozen.status_code == 200 and frozen.json()["is_frozen"] is True
+    body = {"from_user_id": alice, "to_user_id": bob, "amount": "1"}
+    refused = api.request("POST", "/transfers", admin_key, body, acting_user=alice)
+    expect_error(refused, 400, "account_frozen")
+    # No body at all is fine: the reason is optional.
+    thawed = api.request("POST", f"/admin/users/{bob}/unfreeze", admin_key)
+    assert thawed.status_code == 200 and thawed.json()["is_frozen"] is False
+    assert api.request("POST", "/transfers", admin_key, body, acting_user=alice).status_code == 201
+
+
+def all_events(api: Api, key: str, page_size: int = 100) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    after = None
+    while True:
+        params: dict[str, Any] = {"limit": page_size} | ({"after": after} if after else {})
+        page = api.request("GET", "/admin/events", key, params=params)
+        assert page.status_code == 200, page.text
+        if not page.json()["events"]:
+            return events
+        events += page.json()["events"]
+        after = page.json()["next_cursor"]
+
+
+def test_event_feed_pages_every_event_once(api: Api, admin_key: str) -> None:
+    user = api.new_user(admin_key)["user_id"]
+    api.mint(admin_key, user, "3")
+    seen = [event["id"] for event in all_events(api, admin_key, page_size=7)]
+    assert len(seen) == len(set(seen))
+    assert api.dba.execute("SELECT count(*) FROM ledger.events").fetchone() == (len(seen),)
+
+
+def test_service_routes(api: Api) -> None:
+    assert api.client.get("/healthz").json() == {"status": "ok"}
+    assert api.client.get("/readyz").json() == {"status": "ready"}
+    metrics = api.client.get("/metrics")
+    assert metrics.status_code == 200
+    assert "atp_http_requests_total{" in metrics.text
+    assert "atp_http_request_duration_seconds_bucket{" in metrics.text
+    assert 'atp_db_pool_connections{state="size"}' in metrics.text
+    document = api.client.get("/openapi.json").json()
+    assert document["openapi"].startswith("3.")
+    documented = {(m.upper(), p) for p, item in document["paths"].items() for m in item}
+    assert {(op.method, op.path) for op in OPERATIONS} <= documented
+    docs = api.client.get("/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    for asset in re.findall(r'(?:src|href)="(/docs/static/[^"]+)"', docs.text):
+        assert api.client.get(asset).status_code == 200, asset
+
+
+# --- errors: every code of the contract ----------------------------------------------------
+
+
+def test_invalid_request_shapes(api: Api, admin_key: str) -> None:
+    alice = api.new_user(admin_key)["user_id"]
+    bob = api.new_user(admin_key)["user_id"]
+    good = {"from_user_id": alice, "to_user_id": bob, "amount": "1"}
+
+    def post(body: Any = None, **kwargs: Any) -> httpx.Response:
+        return api.request("POST", "/transfers", admin_key, body, acting_user=alice, **kwargs)
+
+    cases = {
+        "malformed JSON": post(content=b'{"amount": '),
+        "NaN literal": post(content=b'{"amount": NaN}'),
+        "not an object": post(["a"]),
+        "empty body": post(content=b""),
+        "amount as number": post(good | {"amount": 1}),
+        "amount as bool": post(good | {"amount": True}),
+        "unknown field": post(good | {"fee": "1"}),
+        "malformed uuid in body": post(good | {"to_user_id": "bob"}),
+        "uuid without dashes": post(good | {"to_user_id": bob.replace("-", "")}),
+        "memo not a string": post(good | {"memo": 5}),
+        "NUL in memo": post(good | {"memo": "a\u0000b"}),
+        "too many decimals": post(good | {"amount": "1.123456789"}),
+        "zero": post(good | {"amount": "0"}),
+        "negative": post(good | {"amount": "-5"}),
+        "over the maximum": post(good | {"amount": "1000000000000.00000001"}),
+        "huge": post(good | {"amount": "1e400"}),
+        "not a number": post(good | {"amount": "ten"}),
+        "missing amount": post({"from_user_id": alice, "to_user_id": bob}),
+        "missing Idempotency-Key": api.client.post(
+            "/transfers",
+            json=good,
+            headers={"X-API-Key": admin_key, "X-Request-User-Id": alice},
+        ),
+        "malformed Idempotency-Key": post(good, idempotency_key="not-a-uuid"),
+        "malformed X-Request-User-Id": api.request(
+            "GET", f"/users/{alice}", admin_key, acting_user="alice"
+        ),
+        "malformed path uuid": api.request("GET", "/users/alice", admin_key),
+        "X-Correlation-Id too long": api.request(
+            "GET", f"/users/{alice}", admin_key, correlation_id="x" * 129
+        ),
+        "limit not a number": api.request(
+            "GET", f"/users/{alice}/history", admin_key, params={"limit": "ten"}
+        ),
+        "limit out of range": api.request(
+            "GET", f"/users/{alice}/history", admin_key, params={"limit": 500}
+        ),
+        "bad cursor": api.request(
+            "GET", f"/users/{alice}/history", admin_key, params={"cursor": "x"}
+        ),
+        "unknown query parameter": api.request(
+            "GET", f"/users/{alice}/history", admin_key, params={"limt": 5}
+        ),
+        "bad as_of": api.request(
+            "GET", f"/users/{alice}/balance", admin_key, params={"as_of": "yesterday-ish"}
+        ),
+        "bad username": api.request(
+            "POST",
+            "/users",
+            admin_key,
+            {"user_id": str(uuid.uuid4()), "username": "a b", "email": "ab@example.com"},
+        ),
+        "version not an integer": api.request(
+            "PATCH", f"/users/{alice}", admin_key, {"display_name": "x", "expected_version": "1"}
+        ),
+        "nothing to update": api.request("PATCH", f"/users/{alice}", admin_key, {}),
+    }
+    for name, response in cases.items():
+        assert response.status_code == 400, f"{name}: {response.status_code} {response.text}"
+        assert error_of(response) == "invalid_request", name
+    number = cases["amount as number"].json()["message"]
+    assert "string" in number and "number" in number
+    assert api.balance(admin_key, alice) == "0.00000000"
+
+
+def test_business_rejections(api: Api, admin_key: str) -> None:
+    alice = api.new_user(admin_key)["user_id"]
+    bob = api.new_user(admin_key)["user_id"]
+    api.mint(admin_key, alice, "10")
+    body = {"from_user_id": alice, "to_user_id": bob, "amount": "10.00000001"}
+    expect_error(
+        api.request("POST", "/transfers", admin_key, body, acting_user=alice),
+        400,
+        "insufficient_balance",
+    )
+    # Everything issued is capped too: fill it up to 10^12, go one unit over, then give it back.
+    row = api.dba.execute("SELECT api.verify_projections() -> 'supply' ->> 'held'").fetchone()
+    assert row is not None
+    headroom = str(Decimal(1000000000000) - Decimal(row[0]))
+    api.mint(admin_key, bob, headroom)
+    over = {"to_user_id": bob, "amount": "0.00000001"}
+    expect_error(api.request("POST", "/admin/mint", admin_key, over), 400, "balance_limit_exceeded")
+    back = {"from_user_id": bob, "amount": headroom}
+    assert api.request("POST", "/admin/burn", admin_key, back).status_code == 201
+    nobody = str(uuid.uuid4())
+    expect_error(api.request("GET", f"/users/{nobody}", admin_key), 404, "user_not_found")
+    expect_error(api.request("GET", f"/transfers/{nobody}", admin_key), 404, "not_found")
+    user = api.request("GET", f"/users/{alice}", admin_key).json()
+    taken = {"user_id": str(uuid.uuid4()), "username": user["username"], "email": "n@example.com"}
+    expect_error(api.request("POST", "/users", admin_key, taken), 409, "user_exists")
+
+
+def test_routing_errors(api: Api, admin_key: str) -> None:
+    expect_error(api.client.get("/nowhere"), 404, "not_found")
+    expect_error(api.client.post("/users/", headers={"X-API-Key": admin_key}), 404, "not_found")
+    wrong = api.client.put("/transfers", headers={"X-API-Key": admin_key})
+    expect_error(wrong, 405, "method_not_allowed")
+    assert wrong.headers["allow"] == "POST"
+    allowed = api.client.request("OPTIONS", f"/users/{uuid.uuid4()}").headers["allow"]
+    assert set(allowed.split(", ")) == {"GET", "HEAD", "PATCH", "DELETE"}
+
+
+def test_payload_too_large(api: Api, admin_key: str) -> None:
+    user = api.new_user(admin_key)["user_id"]
+    huge = {"to_user_id": user, "amount": "1", "reason": "x" * 70_000}
+    expect_error(api.request("POST", "/admin/mint", admin_key, huge), 413, "payload_too_large")
+
+    def chunks() -> Any:
+        yield b'{"reason": "'
+        for _ in range(100):
+            yield b"x" * 1000
+        yield b'"}'
+
+    streamed = api.request("POST", "/admin/mint", admin_key, content=chunks())
+    expect_error(streamed, 413, "payload_too_large")
+    assert api.balance(admin_key, user) == "0.00000000"
+
+
+def test_rate_limit(api: Api, admin_key: str) -> None:
+    user = api.new_user(admin_key)["user_id"]
+    key = api.key(["read"], rate_limit=3, name="slow")
+    statuses = [api.request("GET", f"/users/{user}", key).status_code for _ in range(3)]
+    assert statuses == [200, 200, 200]
+    limited = api.request("GET", f"/users/{user}", key)
+    expect_error(limited, 429, "rate_limit_exceeded")
+    assert int(limited.headers["retry-after"]) >= 1
+
+
+def test_refused_requests_count_toward_rate_limit(api: Api) -> None:
+    """A client that only makes failing calls is limited too."""
+    key = api.key(["read"], rate_limit=3, name="slow-failing")
+    user = str(uuid.uuid4())
+    statuses = [api.request("GET", f"/users/{user}", key).status_code for _ in range(4)]
+    assert statuses == [404, 404, 404, 429]
+
+
+def test_internal_error_is_json_without_trace(api: Api, admin_key: str) -> None:
+    """A bug (here: a privilege taken away) is a 500 with no detail, and a logged trace."""
+    signature = "api.get_transfer(uuid, text, uuid, text, inet)"
+    api.dba.execute(f"REVOKE EXECUTE ON FUNCTION {signature} FROM atp_app")
+    try:
+        cid = f"bug-{uuid.uuid4()}"
+        response = api.request("GET", f"/transfers/{uuid.uuid4()}", admin_key, correlation_id=cid)
+    finally:
+        api.dba.execute(f"GRANT EXECUTE ON FUNCTION {signature} TO atp_app")
+    expect_error(response, 500, "internal_error")
+    assert "Traceback" not in response.text and "permission" not in response.text
+    assert response.headers["x-correlation-id"] == cid
+    logged = [e for e in api.server.log_entries() if e.get("correlation_id") == cid]
+    assert any("InsufficientPrivilege" in e.get("exception", "") for e in logged)
+
+
+# --- permissions ---------------------------------------------------------------------------
+
+
+def call_with(api: Api, op: Operation, key: str, user: str) -> httpx.Response:
+    """A well-formed request for the operation, so that only the key decides."""
+    path = op.path.replace("{user_id}", user).replace("{transfer_id}", str(uuid.uuid4()))
+    body: dict[str, Any] | None = None
+    if op.body is not None:
+        body = {}
+        for field in op.body:
+            if field.kind == "uuid":
+                body[field.name] = user if field.name != "to_user_id" else str(uuid.uuid4())
+            elif field.kind == "amount":
+                body[field.name] = "1"
+        if op.function == "create_user":
+            body |= {"user_id": str(uuid.uuid4()), "username": "perm", "email": "p@example.com"}
+        if op.function == "update_user":
+            body = {"display_name": "x"}
+    return api.request(op.method, path, key, body, acting_user=user)
+
+
+@pytest.mark.parametrize("op", OPERATIONS, ids=lambda op: f"{op.method} {op.path}")
+def test_every_permission(api: Api, admin_key: str, op: Operation) -> None:
+    user = api.new_user(admin_key)["user_id"]
+    lacking = {"read": ["write"], "write": ["read"], "admin": ["read", "write"]}[op.permission]
+    expect_error(call_with(api, op, api.key(lacking), user), 403, "permission_denied")
+    assert call_with(api, op, api.key([op.permission]), user).status_code != 403
+
+
+def test_invalid_keys(api: Api, admin_key: str) -> None:
+    user = api.new_user(admin_key)["user_id"]
+    revoked = api.key(["admin"], name="revoked")
+    api.dba.execute("SELECT api.revoke_api_key(%s)", [api.key_id(revoked)])
+    expiring = api.key(
+        ["admin"], name="expiring", expires_at=datetime.now(UTC) + timedelta(seconds=1)
+    )
+    time.sleep(1.1)
+    wrong = "sk_live_" + "0" * 64
+    api.server.keys.append(wrong)
+    for key in (None, "", wrong, revoked, expiring):
+        for op in OPERATIONS:
+            response = call_with(api, op, key, user) if key is not None else None
+            if key is None:
+                path = op.path.replace("{user_id}", user).replace("{transfer_id}", user)
+                response = api.client.request(op.method, path)
+            assert response is not None
+            expect_error(response, 401, "invalid_api_key")
+
+
+# --- the transfer rule ---------------------------------------------------------------------
+
+
+def test_transfer_rule(api: Api, admin_key: str) -> None:
+    alice = api.new_user(admin_key)["user_id"]
+    bob = api.new_user(admin_key)["user_id"]
+    api.mint(admin_key, alice, "5")
+    body = {"from_user_id": alice, "to_user_id": bob, "amount": "1"}
+    for acting in (bob, None):
+        response = api.request("POST", "/transfers", admin_key, body, acting_user=acting)
+        expect_error(response, 403, "unauthorized_transfer")
+    ok = api.request("POST", "/transfers", admin_key, body, acting_user=alice.upper())
+    assert ok.status_code == 201, ok.text
+    assert api.balance(admin_key, alice) == "4.00000000"
+
+
+# --- idempotency ---------------------------------------------------------------------------
+
+
+def test_replay_and_conflict(api: Api, admin_key: str) -> None:
+    alice = api.new_user(admin_key)["user_id"]
+    bob = api.new_user(admin_key)["user_id"]
+    api.mint(admin_key, alice, "100")
+    ik = str(uuid.uuid4())
+    raw = f'{{"from_user_id":"{alice}","to_user_id":"{bob}","amount":"10"}}'
+    spaced = f'{{ "amount" : "10",\n "to_user_id": "{bob}", "from_user_id": "{alice}" }}'
+
+    def send(content: str, key: str = admin_key) -> httpx.Response:
+        return api.request(
+            "POST", "/transfers", key, content=content.encode(), idempotency_key=ik,
+            acting_user=alice, headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+
+    first = send(raw)
+    assert first.status_code == 201 and "idempotent-replayed" not in first.headers
+    replay = send(spaced)
+    assert replay.status_code == 201, replay.text
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert replay.json() == first.json()
+    assert api.balance(admin_key, alice) == "90.00000000"
+
+    conflict = send(raw.replace('"10"', '"11"'))
+    expect_error(conflict, 409, "idempotency_conflict")
+    assert api.balance(admin_key, alice) == "90.00000000"
+
+    # Keys are scoped to the API key: another key may use the same idempotency key.
+    other = send(raw, api.key(["write"]))
+    assert other.status_code == 201 and "idempotent-replayed" not in other.headers
+    assert other.json()["transfer_id"] != first.json()["transfer_id"]
+    assert api.balance(admin_key, alice) == "80.00000000"
+
+
+def test_rejections_are_not_stored(api: Api, admin_key: str) -> None:
+    """Only executed requests are stored: a refused one may be sent again once it can succeed."""
+    alice = api.new_user(admin_key)["user_id"]
+    bob = api.new_user(admin_key)["user_id"]
+    ik = str(uuid.uuid4())
+    body = {"from_user_id": alice, "to_user_id": bob, "amount": "7"}
+    first = api.request(
+        "POST", "/transfers", admin_key, body, idempotency_key=ik, acting_user=alice
+    )
+    expect_error(first, 400, "insufficient_balance")
+    api.mint(admin_key, alice, "7")
+    again = api.request(
+        "POST", "/transfers", admin_key, body, idempotency_key=ik, acting_user=alice
+    )
+    assert again.status_code == 201 and "idempotent-replayed" not in again.headers
+
+
+def test_concurrent_duplicates_execute_once(api: Api, admin_key: str) -> None:
+    alice = api.new_user(admin_key)["user_id"]
+    bob = api.new_user(admin_key)["user_id"]
+    api.mint(admin_key, alice, "100")
+    ik = str(uuid.uuid4())
+    body = {"from_user_id": alice, "to_user_id": bob, "amount": "1.5"}
+    barrier = threading.Barrier(8)
+    responses: list[httpx.Response] = []
+
+    def send() -> None:
+        with httpx.Client(base_url=api.server.url, timeout=30) as client:
+            barrier.wait()
+            responses.append(
+                client.post(
+                    "/transfers",
+                    json=body,
+                    headers={
+                        "X-API-Key": admin_key,
+                        "Idempotency-Key": ik,
+                        "X-Request-User-Id": alice,
+                    },
+                )
+            )
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.status_code for r in responses] == [201] * 8
+    assert len({r.json()["transfer_id"] for r in responses}) == 1
+    assert sum("idempotent-replayed" not in r.headers for r in responses) == 1
+    assert api.balance(admin_key, alice) == "98.50000000"
+    assert api.balance(admin_key, bob) == "1.50000000"
+
+
+def test_concurrent_transfers_add_up(api: Api, admin_key: str) -> None:
+    users = [api.new_user(admin_key)["user_id"] for _ in range(4)]
+    for user in users:
+        api.mint(admin_key, user, "100")
+    results: list[int] = []
+
+    def worker(offset: int) -> None:
+        with httpx.Client(base_url=api.server.url, timeout=30) as client:
+            for i in range(10):
+                sender, receiver = users[(offset + i) % 4], users[(offset + i + 1 + i % 2) % 4]
+                response = client.post(
+                    "/transfers",
+                    json={"from_user_id": sender, "to_user_id": receiver, "amount": "0.01"},
+                    headers={
+                        "X-API-Key": admin_key,
+                        "Idempotency-Key": str(uuid.uuid4()),
+                        "X-Request-User-Id": sender,
+                    },
+                )
+                results.append(response.status_code)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [201] * 60
+    assert sum(Decimal(api.balance(admin_key, user)) for user in users) == 400
+
+
+# --- correlation id ------------------------------------------------------------------------
+
+
+def test_correlation_id_round_trip(api: Api, admin_key: str) -> None:
+    cid = f"req-{uuid.uuid4()}"
+    user = api.new_user(admin_key)["user_id"]
+    minted = api.request(
+        "POST",
+        "/admin/mint",
+        admin_key,
+        {"to_user_id": user, "amount": "2"},
+        correlation_id=cid,
+        acting_user=user,
+    )
+    assert minted.status_code == 201 and minted.headers["x-correlation-id"] == cid
+    events = api.dba.execute(
+        "SELECT count(*), bool_and(request_user_id = %s) FROM ledger.events"
+        " WHERE correlation_id = %s",
+        [user, cid],
+    ).fetchone()
+    assert events == (2, True)  # the two accounts' events of the mint
+    audit = api.dba.execute(
+        "SELECT action, host(client_addr) FROM ledger.audit_log WHERE correlation_id = %s", [cid]
+    ).fetchall()
+    assert audit == [("mint", "127.0.0.1")]
+    assert sum(e["correlation_id"] == cid for e in all_events(api, admin_key)) == 2
+
+    generated = api.client.get("/nowhere").headers["x-correlation-id"]
+    assert UUID_RE.match(generated)
+    for response in (
+        api.request("GET", f"/users/{user}", None, correlation_id=cid),
+        api.request("GET", "/nowhere", admin_key, correlation_id=cid),
+        api.client.get("/healthz", headers={"X-Correlation-Id": cid}),
+    ):
+        assert response.headers["x-correlation-id"] == cid
+
+
+def test_connections_lost_while_idle_are_replaced(api: Api, admin_key: str) -> None:
+    """After the database dropped the pool's connections (a restart, a failover), requests still
+    succeed: a dead connection is retried once on a new one."""
+    user = api.new_user(admin_key)["user_id"]
+    terminated = api.dba.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE application_name = 'financeatp' AND datname = current_database()"
+    ).fetchone()
+    assert terminated is not None and terminated[0] >= 1
+    for _ in range(3):
+        assert api.request("GET", f"/users/{user}", admin_key).status_code == 200
+    assert (
+        api.request(
+            "POST", "/admin/mint", admin_key, {"to_user_id": user, "amount": "1"}
+        ).status_code
+        == 201
+    )
+
+
+def test_unavailable_database(cluster: Cluster, tmp_path: Any) -> None:
+    """A database that is down: 503 unavailable (never a 500), /readyz 503, /healthz 200; once it
+    is back, the same server answers, with the error names read from the database."""
+    name = f"late_{uuid.uuid4().hex[:12]}"
+    server = start_server(url(cluster, name, "atp_app"), tmp_path / "down.log", POOL_TIMEOUT="1")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            headers = {"X-API-Key": "sk_live_" + "1" * 64}
+            down = client.get(f"/users/{uuid.uuid4()}", headers=headers)
+            expect_error(down, 503, "unavailable")
+            assert down.headers["retry-after"] == "1"
+            expect_error(client.get("/readyz"), 503, "unavailable")
+            assert client.get("/healthz").status_code == 200
+
+            with psycopg.connect(url(cluster, "postgres"), autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+            with psycopg.connect(url(cluster, name), autocommit=True) as dba:
+                row = dba.execute("SELECT api.create_api_key('late', ARRAY['read'], 100, NULL)")
+                key = row.fetchone()[0]["key"]  # type: ignore[index]
+            deadline = time.monotonic() + 30
+            back = client.get(f"/users/{uuid.uuid4()}", headers={"X-API-Key": key})
+            while back.status_code == 503 and time.monotonic() < deadline:
+                time.sleep(0.5)
+                back = client.get(f"/users/{uuid.uuid4()}", headers={"X-API-Key": key})
+            expect_error(back, 404, "user_not_found")
+    finally:
+        server.stop()
+        with psycopg.connect(url(cluster, "postgres"), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# --- logs: one JSON line per request, no secret in any of them ------------------------------
+
+
+def test_access_log_line(api: Api) -> None:
+    key = api.key(["read"], name="logged-key")
+    cid = f"log-{uuid.uuid4()}"
+    api.request("GET", f"/users/{uuid.uuid4()}", key, correlation_id=cid)
+    entry = api.server.access_log(cid)
+    assert entry["method"] == "GET" and entry["route"] == "/users/{user_id}"
+    assert entry["status"] == 404 and entry["latency_ms"] >= 0
+    assert entry["api_key_name"] == "logged-key" and entry["api_key_prefix"] == "sk_live_****"
+
+
+def test_zz_no_key_in_any_log(api: Api, cluster: Any) -> None:
+    """Runs last in this module: every key it issued or sent, searched for in the server's log
+    and in PostgreSQL's (which logged every statement with its parameters)."""
+    server_log = api.server.log_text()
+    database_log = cluster_log(cluster)
+    assert len(api.server.keys) > 10
+    # The statements are there, with their parameters: the hashes, never the keys.
+    assert key_hash(api.server.keys[0]) in database_log
+    for key in api.server.keys:
+        assert key not in server_log
+        assert key not in database_log
+        assert key[8:24] not in server_log
+    assert "sk_live_****" in server_log
+    lines = [line for line in server_log.splitlines() if line.strip()]
+    assert all(json.loads(line) for line in lines)
