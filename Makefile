@@ -18,7 +18,7 @@ SQL_FILES := $(sort $(wildcard sql/ledger/*.sql)) $(sort $(wildcard sql/api/*.sq
 help:
 	@echo "make run      serve the API on http://127.0.0.1:8000 (embedded PostgreSQL unless DATABASE_URL is set)"
 	@echo "make test     run every test against temporary PostgreSQL clusters"
-	@echo "make migrate  apply migrations and sql/ to DATABASE_URL"
+	@echo "make migrate  apply migrations and sql/ to DATABASE_URL (or the embedded database)"
 	@echo "make api-key NAME=nextjs PERMISSIONS=read,write  create an API key and print it once"
 	@echo "make lint     ruff check and format check"
 
@@ -56,13 +56,17 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Without DATABASE_URL: the embedded database of `make run` (started for the migration if needed).
 migrate: $(STAMP)
-	@test -n "$(DATABASE_URL)" || { echo "make migrate: set DATABASE_URL (postgresql://user@host:port/db)"; exit 2; }
+ifeq ($(strip $(DATABASE_URL)),)
+	$(PY) app.py migrate
+else
 	$(VENV)/bin/yoyo apply --batch --no-config-file \
 	    --database "$$(printf '%s' "$(DATABASE_URL)" | sed -E 's#^postgres(ql)?(\+[a-z0-9]+)?://#postgresql+psycopg://#')" migrations
 	psql "$(DATABASE_URL)" -X -q -1 -v ON_ERROR_STOP=1 -c 'SET ROLE atp_owner' -c 'SET check_function_bodies = off' \
 	    $(addprefix -f ,$(SQL_FILES)) -c 'SELECT ledger.drop_stale_functions()' -c 'SELECT ledger.ensure_partitions(3)' >/dev/null
 	@echo "migrated: $(words $(SQL_FILES)) sql files applied"
+endif
 
 # Serve on HOST:PORT (127.0.0.1:8000) with WORKERS processes. Without DATABASE_URL: the embedded
 # PostgreSQL in .pgdata/ (created on first start, started and stopped with the server).

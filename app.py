@@ -1764,6 +1764,12 @@ def command_run(args: argparse.Namespace) -> None:
             serve(args.host, args.port, args.workers)
 
 
+def command_migrate(args: argparse.Namespace) -> None:
+    """`make migrate` without DATABASE_URL: the embedded database, started just for it."""
+    with embedded_database(migrate_always=True):
+        pass
+
+
 def command_serve(args: argparse.Namespace) -> None:
     Settings.from_env()  # fail early, with the message, when DATABASE_URL is missing
     serve(args.host, args.port, args.workers)
@@ -1802,6 +1808,7 @@ def main(argv: list[str] | None = None) -> None:
     key.add_argument("--rate-limit", type=int, default=1000)
     key.add_argument("--expires-at", default=None, help="RFC 3339; never when absent")
     key.set_defaults(handler=command_api_key)
+    commands.add_parser("migrate").set_defaults(handler=command_migrate)
     args = parser.parse_args(argv)
     try:
         args.handler(args)

@@ -1,0 +1,66 @@
+-- Shared by the wrk scripts of `make bench` (bench/bench.py sets the environment):
+--   BENCH_USERS    a Lua file returning the list of user ids (md5(i)::uuid, i = 1..N, as seeded)
+--   BENCH_API_KEY  the API key (read, write, admin) created for the run
+--   BENCH_SEED     a random number chosen per run, so no two runs (or threads) repeat keys
+local M = {}
+
+M.users = dofile(os.getenv("BENCH_USERS"))
+M.api_key = os.getenv("BENCH_API_KEY")
+
+local seed = tonumber(os.getenv("BENCH_SEED") or "0")
+local threads = {}
+local counter = 0
+
+-- setup runs once per thread in the main Lua state: number the threads, keep them for done().
+function M.setup(thread)
+    counter = counter + 1
+    thread:set("thread_no", counter)
+    threads[#threads + 1] = thread
+end
+
+-- init runs in each thread's own Lua state: a seed per (run, thread).
+function M.init()
+    math.randomseed(seed + (thread_no or 0) * 1000003)
+    bad = 0       -- responses outside 2xx (wrk itself counts only >= 400)
+    replayed = 0  -- 2xx responses that were idempotent replays (fresh keys must never replay)
+end
+
+-- A random UUID version 4 (RFC 9562), from 16-bit pieces (LuaJIT formats them exactly).
+function M.uuid4()
+    local r = math.random
+    return string.format("%04x%04x-%04x-4%03x-%04x-%04x%04x%04x",
+        r(0, 0xffff), r(0, 0xffff), r(0, 0xffff), r(0, 0x0fff),
+        0x8000 + r(0, 0x3fff), r(0, 0xffff), r(0, 0xffff), r(0, 0xffff))
+end
+
+-- A uniformly random user index in 1..n.
+function M.pick(n)
+    return math.random(1, n)
+end
+
+function M.response(status, headers)
+    if status < 200 or status > 299 then
+        bad = bad + 1
+    elseif headers["idempotent-replayed"] or headers["Idempotent-Replayed"] then
+        replayed = replayed + 1
+    end
+end
+
+-- One machine-readable line for bench.py: counts, rate and latency (microseconds).
+function M.done(summary, latency)
+    local bad_total, replayed_total = 0, 0
+    for _, thread in ipairs(threads) do
+        bad_total = bad_total + (thread:get("bad") or 0)
+        replayed_total = replayed_total + (thread:get("replayed") or 0)
+    end
+    local e = summary.errors
+    io.write(string.format(
+        'BENCH_RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, '
+            .. '"max_us": %d, "mean_us": %.1f, "non_2xx": %d, "status_ge_400": %d, "replayed": %d, '
+            .. '"connect": %d, "read": %d, "write": %d, "timeout": %d}\n',
+        summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+        latency:percentile(99), latency.max, latency.mean, bad_total, e.status, replayed_total,
+        e.connect, e.read, e.write, e.timeout))
+end
+
+return M
