@@ -965,3 +965,32 @@ def test_freeze_queued_behind_a_delete_finds_no_user(
     ).fetchall()
     assert events[-1] == ("AccountClosed",), events
     verify_projections(dba)
+
+
+def test_maintenance_does_not_block_transfers(dba, app_url, make_key):
+    """The scheduler runs api.run_maintenance() every minute, in one transaction: with the
+    partitions already in place it must take no lock that an event or journal INSERT waits for,
+    so a transfer completes while a maintenance run is still open."""
+    alice, bob = uuid.uuid4(), uuid.uuid4()
+    for user_id, name in ((alice, "maint_alice"), (bob, "maint_bob")):
+        dba.execute(
+            "SELECT * FROM api.create_user(%s, %s, %s)", (user_id, name, f"{name}@example.com")
+        )
+    dba.execute("SELECT * FROM api.mint(%s, 10)", (alice,))
+    _, key_hash, _ = make_key(["write"])
+    with psycopg.connect(app_url) as maintenance, psycopg.connect(app_url, autocommit=True) as app:
+        maintenance.execute("SELECT api.run_maintenance()")  # stays open: no commit yet
+        held = maintenance.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+            " WHERE l.pid = pg_backend_pid() AND c.relnamespace = 'ledger'::regnamespace"
+            "   AND l.mode NOT IN ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock')"
+        ).fetchone()
+        assert held == (0,)
+        app.execute("SET statement_timeout = '5s'")
+        row = app.execute(
+            "SELECT status FROM api.transfer(from_user_id => %s, to_user_id => %s, amount => 1,"
+            " idempotency_key => %s, api_key_hash => %s, request_user_id => %s)",
+            (alice, bob, uuid.uuid4(), key_hash, alice),
+        ).fetchone()
+        assert row == (201,)
+        maintenance.rollback()

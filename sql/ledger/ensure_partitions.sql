@@ -1,8 +1,8 @@
 -- Monthly partitions of ledger.events and ledger.ledger_entries from this month to
 -- months_ahead months ahead, so that no row ever waits for one (rows that arrive anyway land
--- in the DEFAULT partition). Every partition, old and new, also gets the TRUNCATE trigger
--- (statement triggers are not inherited) and loses INSERT/UPDATE/DELETE/TRUNCATE for the
--- owner, so nobody writes around the parent's triggers.
+-- in the DEFAULT partition). Every partition that lacks it, old or new, also gets the TRUNCATE
+-- trigger (statement triggers are not inherited) and loses INSERT/UPDATE/DELETE/TRUNCATE for
+-- the owner, so nobody writes around the parent's triggers.
 CREATE OR REPLACE FUNCTION ledger.ensure_partitions(months_ahead integer DEFAULT 3)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -43,9 +43,13 @@ BEGIN
         END LOOP;
     END LOOP;
 
+    -- Only partitions still without the trigger: altering a partition locks it against
+    -- inserts, and this runs every minute while transfers insert.
     FOR _partition IN
-        SELECT inhrelid::regclass FROM pg_inherits
-         WHERE inhparent IN ('ledger.events'::regclass, 'ledger.ledger_entries'::regclass)
+        SELECT i.inhrelid::regclass FROM pg_inherits i
+         WHERE i.inhparent IN ('ledger.events'::regclass, 'ledger.ledger_entries'::regclass)
+           AND NOT EXISTS (SELECT FROM pg_trigger t
+                            WHERE t.tgrelid = i.inhrelid AND t.tgname = 'partition_no_truncate')
     LOOP
         EXECUTE format('CREATE OR REPLACE TRIGGER partition_no_truncate BEFORE TRUNCATE ON %s '
                        'FOR EACH STATEMENT EXECUTE FUNCTION ledger.forbid_change()', _partition);
