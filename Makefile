@@ -78,3 +78,20 @@ api-key: $(STAMP)
 	@test -n "$(NAME)" || { echo "make api-key: set NAME=... (and PERMISSIONS=read,write,admin)"; exit 2; }
 	@$(PY) app.py api-key --name "$(NAME)" --permissions "$(or $(PERMISSIONS),read)" \
 	    --rate-limit "$(or $(RATE_LIMIT),1000)" $(if $(EXPIRES_AT),--expires-at "$(EXPIRES_AT)")
+
+# The benchmark (bench/README.md): its own temporary PostgreSQL, pgbench and wrk; not part of
+# `make test`. Writes bench/results.json, bench/results.png and the table in bench/README.md.
+BENCH_SECONDS ?= 30
+BENCH_CONNECTIONS ?= 16
+BENCH_EVENTS ?= 5000000
+
+.PHONY: bench
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        apt-get install -y -qq wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null); \
+	    else echo "wrk is missing: install it (Debian: sudo apt-get install wrk)"; exit 1; fi; }
+	@command -v initdb >/dev/null || { echo "PostgreSQL server binaries not found (Debian: apt-get install postgresql-15)"; exit 1; }
+	@$(PY) -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/pip install --quiet -e '.[dev,bench]'
+	BENCH_SECONDS=$(BENCH_SECONDS) BENCH_CONNECTIONS=$(BENCH_CONNECTIONS) BENCH_EVENTS=$(BENCH_EVENTS) \
+	    PG_BINDIR=$(PG_BINDIR) $(PY) bench/bench.py

@@ -8,6 +8,22 @@ M.users = dofile(os.getenv("BENCH_USERS"))
 M.api_key = os.getenv("BENCH_API_KEY")
 
 local seed = tonumber(os.getenv("BENCH_SEED") or "0")
+-- BENCH_RAW=1 (bench.py sets it when every wrk thread has exactly one connection, so that
+-- request() and response() of a thread alternate): each thread also times every request
+-- itself. wrk's own percentiles are corrected for coordinated omission (after a stall it adds
+-- the requests a steady client would have sent meanwhile); these are the measured ones.
+local raw = os.getenv("BENCH_RAW") == "1"
+local ffi = require("ffi")
+ffi.cdef([[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clock_id, bench_timespec *tp);
+]])
+local clock = ffi.new("bench_timespec")
+
+local function now_us()
+    ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC
+    return tonumber(clock.tv_sec) * 1000000 + tonumber(clock.tv_nsec) / 1000
+end
 local threads = {}
 local counter = 0
 
@@ -23,6 +39,15 @@ function M.init()
     math.randomseed(seed + (thread_no or 0) * 1000003)
     bad = 0       -- responses outside 2xx (wrk itself counts only >= 400)
     replayed = 0  -- 2xx responses that were idempotent replays (fresh keys must never replay)
+    latencies = {}
+    sent_at = nil
+end
+
+-- Called by each script's request() just before it returns the request.
+function M.sending()
+    if raw then
+        sent_at = now_us()
+    end
 end
 
 -- A random UUID version 4 (RFC 9562), from 16-bit pieces (LuaJIT formats them exactly).
@@ -39,6 +64,10 @@ function M.pick(n)
 end
 
 function M.response(status, headers)
+    if sent_at then
+        latencies[#latencies + 1] = now_us() - sent_at
+        sent_at = nil
+    end
     if status < 200 or status > 299 then
         bad = bad + 1
     elseif headers["idempotent-replayed"] or headers["Idempotent-Replayed"] then
@@ -49,10 +78,24 @@ end
 -- One machine-readable line for bench.py: counts, rate and latency (microseconds).
 function M.done(summary, latency)
     local bad_total, replayed_total = 0, 0
+    local all = {}
     for _, thread in ipairs(threads) do
         bad_total = bad_total + (thread:get("bad") or 0)
         replayed_total = replayed_total + (thread:get("replayed") or 0)
+        for _, value in ipairs(thread:get("latencies") or {}) do
+            all[#all + 1] = value
+        end
     end
+    table.sort(all)
+    local function rank(p)  -- nearest rank, as pgbench's log is read by bench.py
+        if #all == 0 then
+            return -1
+        end
+        return all[math.max(1, math.min(#all, math.floor(p / 100 * #all + 0.5)))]
+    end
+    io.write(string.format(
+        'BENCH_RAW {"count": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d}\n',
+        #all, rank(50), rank(90), rank(99), #all > 0 and all[#all] or -1))
     local e = summary.errors
     io.write(string.format(
         'BENCH_RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, '

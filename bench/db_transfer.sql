@@ -5,5 +5,5 @@
 \set b 1 + (:a + random(0, :users - 2)) % :users
 SELECT status FROM api.transfer(from_user_id => md5(CAST(:a AS text))::uuid,
     to_user_id => md5(CAST(:b AS text))::uuid, amount => 1.00000000, memo => 'bench',
-    idempotency_key => gen_random_uuid(), api_key_hash => :'key_hash',
+    idempotency_key => gen_random_uuid(), api_key_hash => :key_hash,
     request_user_id => md5(CAST(:a AS text))::uuid);

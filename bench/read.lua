@@ -14,6 +14,7 @@ function init()
 end
 
 function request()
+    bench.sending()
     return wrk.format("GET", "/users/" .. users[math.random(1, n)] .. suffix, {
         ["X-API-Key"] = bench.api_key,
     })

@@ -25,6 +25,7 @@ function request()
     end
     local body = '{"from_user_id":"' .. users[from] .. '","to_user_id":"' .. users[to]
         .. '","amount":"1.00000000","memo":"bench"}'
+    bench.sending()
     return wrk.format("POST", "/transfers", {
         ["Content-Type"] = "application/json",
         ["X-API-Key"] = bench.api_key,

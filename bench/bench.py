@@ -1,0 +1,1348 @@
+"""`make bench`: financeATP measured against this machine's own limit for a transfer.
+
+Starts a temporary PostgreSQL cluster (durable settings), migrates it with `make migrate`,
+seeds the bench users, runs pgbench (baseline, api.transfer) and wrk (HTTP) against the
+server started as `python app.py serve`, then seeds a large store by a fast path, proves it
+with api.verify_projections() and measures again. Prints a table and writes
+bench/results.json, bench/results.png and the table in bench/README.md. bench/README.md
+describes every run and setting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+OUT = BENCH / "out"
+DATABASE = "bench"
+API_KEY_RATE = 100_000_000  # per minute: the rate limit is measured, never hit
+MINT_PER_USER = 1_000_000
+
+FRESH_RUNS = (
+    "baseline",
+    "db_transfer",
+    "http_transfer",
+    "http_transfer_hot",
+    "http_balance",
+    "http_history",
+)
+LARGE_RUNS = ("http_transfer_large", "http_history_large")
+ALL_RUNS = FRESH_RUNS + LARGE_RUNS
+
+DESCRIPTIONS = {
+    "baseline": "pgbench: lock 2 rows, update 2 balances, insert 2 entries",
+    "db_transfer": "pgbench: SELECT api.transfer(...) as atp_app",
+    "http_transfer": "wrk: POST /transfers, uniform random pairs",
+    "http_transfer_hot": "wrk: POST /transfers, every payment to one merchant",
+    "http_balance": "wrk: GET /users/{id}/balance",
+    "http_history": "wrk: GET /users/{id}/history?limit=20",
+    "http_transfer_large": "wrk: POST /transfers, large store",
+    "http_history_large": "wrk: GET /users/{id}/history?limit=20, large store",
+}
+
+
+def say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))  # as app.py serve / make run
+
+
+@dataclass(frozen=True)
+class Config:
+    seconds: int
+    connections: int
+    events: int
+    users: int
+    workers: int
+    wrk_threads: int
+    pgbench_jobs: int
+    warmup: int
+    runs: tuple[str, ...]
+    latency: str
+    fsync_probe: int
+    profile: bool
+    keep: bool
+
+    @classmethod
+    def from_env(cls) -> Config:
+        only = [r.strip() for r in os.environ.get("BENCH_ONLY", "").split(",") if r.strip()]
+        if os.environ.get("BENCH_LATENCY", "wrk").strip() not in ("", "wrk", "measured"):
+            raise SystemExit("BENCH_LATENCY: wrk (default) or measured")
+        unknown = sorted(set(only) - set(ALL_RUNS))
+        if unknown:
+            raise SystemExit(f"BENCH_ONLY: unknown runs {unknown}; known: {', '.join(ALL_RUNS)}")
+        return cls(
+            seconds=env_int("BENCH_SECONDS", 30),
+            connections=env_int("BENCH_CONNECTIONS", 16),
+            events=env_int("BENCH_EVENTS", 5_000_000),
+            users=env_int("BENCH_USERS", 10_000),
+            workers=env_int("BENCH_WORKERS", default_workers()),
+            # One connection per wrk thread: then the Lua script can time each request itself.
+            wrk_threads=env_int("BENCH_WRK_THREADS", env_int("BENCH_CONNECTIONS", 16)),
+            pgbench_jobs=env_int("BENCH_PGBENCH_JOBS", 2),
+            warmup=env_int("BENCH_WARMUP", 3),
+            runs=tuple(r for r in ALL_RUNS if not only or r in only),
+            latency=os.environ.get("BENCH_LATENCY", "wrk").strip() or "wrk",
+            fsync_probe=env_int("BENCH_FSYNC_PROBE", 10),
+            profile=os.environ.get("BENCH_PROFILE", "") not in ("", "0"),
+            keep=os.environ.get("BENCH_KEEP", "") not in ("", "0"),
+        )
+
+    @property
+    def complete(self) -> bool:
+        """Every run, unprofiled: only such a run updates results.json and the README."""
+        return self.runs == ALL_RUNS and not self.profile
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "rps": round(self.rps, 1),
+            "p50_ms": round(self.p50_ms, 2),
+            "p99_ms": round(self.p99_ms, 2),
+            "errors": self.errors,
+        }
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+def pg_account() -> tuple[int, int] | None:
+    """initdb and postgres refuse to run as root: then they run as the postgres system user."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(name)
+            return entry.pw_uid, entry.pw_gid
+    raise SystemExit("running as root and there is no 'postgres' user to run PostgreSQL")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def pg_bindir() -> Path:
+    configured = os.environ.get("PG_BINDIR")
+    if configured:
+        return Path(configured)
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: p.parent.parent.name
+    )
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    raise SystemExit("PostgreSQL server binaries not found (Debian: apt-get install postgresql-15)")
+
+
+class Cluster:
+    """A throwaway PostgreSQL cluster in bench/out/pgdata: durable settings, TCP on 127.0.0.1,
+    trust authentication (loopback only, deleted at the end)."""
+
+    def __init__(self, config: Config) -> None:
+        self.bindir = pg_bindir()
+        self.account = pg_account()
+        self.home = self.choose_home()
+        self.data = self.home / "data"
+        self.log = self.home / "postgresql.log"
+        self.port = 0
+        self.running = False
+        self.profile = config.profile
+
+    def as_pg(self) -> list[str]:
+        if self.account is None:
+            return []
+        uid, gid = self.account
+        return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--"]
+
+    def choose_home(self) -> Path:
+        """bench/out/pgdata, unless the postgres user cannot reach the checkout (e.g. a clone
+        under /root): then a private directory in /var/tmp named after the checkout."""
+        home = OUT / "pgdata"
+        if self.account is None:
+            return home
+        OUT.mkdir(parents=True, exist_ok=True)
+        if subprocess.run([*self.as_pg(), "test", "-x", str(OUT)], check=False).returncode == 0:
+            return home
+        digest = hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
+        return Path("/var/tmp") / f"financeatp-bench-{digest}"  # noqa: S108 (removed at the end)
+
+    def run_pg(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [*self.as_pg(), *command], check=False, capture_output=True, text=True
+        )
+        if check and result.returncode != 0:
+            raise SystemExit(f"{command[0]} failed:\n{result.stdout}{result.stderr}")
+        return result
+
+    def create(self) -> None:
+        if self.home.exists():
+            # Left over by a run that was killed: stop its postmaster if it still runs.
+            if (self.data / "postmaster.pid").exists():
+                self.run_pg(str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data),
+                            "-m", "immediate", "-w", check=False)  # fmt: skip
+            shutil.rmtree(self.home)
+        self.home.mkdir(parents=True)
+        if self.account is not None:
+            os.chown(self.home, *self.account)
+        self.run_pg(
+            str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
+            "-E", "UTF8", "--no-locale", "--lc-messages=C", "--data-checksums",
+        )  # fmt: skip
+        settings = {
+            "listen_addresses": "'127.0.0.1'",
+            "unix_socket_directories": "''",
+            # Durable, as in production: every commit waits for its WAL flush.
+            "fsync": "on",
+            "synchronous_commit": "on",
+            "full_page_writes": "on",
+            # Raised from the defaults (128MB, 1GB) for the large store; said in the README.
+            "shared_buffers": "'512MB'",
+            "max_wal_size": "'4GB'",
+            "max_connections": "200",
+            "log_min_messages": "warning",
+            "log_checkpoints": "on",
+        }
+        if self.profile:
+            settings |= {
+                "shared_preload_libraries": "'pg_stat_statements'",
+                "pg_stat_statements.track": "all",
+                "track_functions": "'pl'",
+            }
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write("\n# make bench\n")
+            conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.run_pg(
+            str(self.bindir / "pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log),
+            "-w", "-t", "120", "-o", f"-p {self.port}",
+        )  # fmt: skip
+        self.running = True
+        say(f"PostgreSQL {self.version()} on 127.0.0.1:{self.port} (data: {self.data})")
+
+    def stop(self) -> None:
+        if not self.running:
+            return
+        result = self.run_pg(
+            str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w",
+            "-t", "120", check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            self.run_pg(str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data),
+                        "-m", "immediate", "-w", check=False)  # fmt: skip
+        self.running = False
+        say("PostgreSQL stopped")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def version(self) -> str:
+        out = self.run_pg(str(self.bindir / "postgres"), "--version").stdout
+        found = re.search(r"\) (\d+(?:\.\d+)*)", out)
+        return found.group(1) if found else "?"
+
+    def url(self, user: str = "postgres", database: str = DATABASE) -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
+
+    def connect(self, database: str = DATABASE) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.url("postgres", database), autocommit=True)
+
+    def psql(self, *args: str, log: Path | None = None) -> str:
+        command = [str(self.bindir / "psql"), self.url(), "-X", "-v", "ON_ERROR_STOP=1", *args]
+        result = subprocess.run(command, check=False, capture_output=True, text=True)
+        if log is not None:
+            log.write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise SystemExit(f"psql {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+        return result.stdout
+
+
+def process_rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+class Server:
+    """`python app.py serve` (what `make run` serves with DATABASE_URL set), logging to
+    bench/out/server.log, with the resident memory of its processes sampled while it runs."""
+
+    def __init__(self, cluster: Cluster, workers: int) -> None:
+        self.cluster = cluster
+        self.workers = workers
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.max_rss_kb = 0
+        self.max_rss_by_role: dict[str, int] = {}
+        self._sampling = threading.Event()
+        self._sampler: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.port = free_port()
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.cluster.url("atp_app"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        log = (OUT / "server.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py"), "serve", "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", str(self.workers)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(
+                    f"the server exited with {self.proc.returncode}: see {OUT}/server.log"
+                )
+            with contextlib.suppress(OSError, urllib.error.URLError):
+                url = f"http://127.0.0.1:{self.port}/readyz"
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            time.sleep(0.2)
+        else:
+            raise SystemExit("the server did not become ready within 60 s")
+        say(f"server on http://127.0.0.1:{self.port} ({self.workers} workers, pid {self.proc.pid})")
+
+    def pids(self) -> list[int]:
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        return [self.proc.pid, *descendants(self.proc.pid)]
+
+    def sample(self) -> None:
+        for pid in self.pids():
+            rss = process_rss_kb(pid)
+            self.max_rss_kb = max(self.max_rss_kb, rss)
+            role = "supervisor" if self.proc is not None and pid == self.proc.pid else "worker"
+            self.max_rss_by_role[role] = max(self.max_rss_by_role.get(role, 0), rss)
+
+    @contextlib.contextmanager
+    def sampling(self) -> Iterator[None]:
+        self._sampling.clear()
+
+        def loop() -> None:
+            while not self._sampling.wait(0.5):
+                self.sample()
+
+        self._sampler = threading.Thread(target=loop, daemon=True)
+        self._sampler.start()
+        try:
+            yield
+        finally:
+            self._sampling.set()
+            self._sampler.join()
+            self.sample()
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        # Workers that outlived their supervisor (they share its session: nobody else does).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc = None
+        say("server stopped")
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    if not sorted_values:
+        return 0.0
+    rank = max(1, min(len(sorted_values), round(pct / 100 * len(sorted_values) + 0.5)))
+    return sorted_values[rank - 1]
+
+
+def pgbench(
+    cluster: Cluster, name: str, script: Path, user: str, variables: dict[str, str],
+    config: Config, seconds: int, log: bool = True,
+) -> Result:  # fmt: skip
+    logdir = OUT / "pgbench" / name
+    shutil.rmtree(logdir, ignore_errors=True)
+    logdir.mkdir(parents=True)
+    command = [
+        str(cluster.bindir / "pgbench"), "-n", "-M", "prepared",
+        "-c", str(config.connections), "-j", str(min(config.pgbench_jobs, config.connections)),
+        "-T", str(seconds),
+        "-h", "127.0.0.1", "-p", str(cluster.port), "-U", user, "-f", str(script),
+    ]  # fmt: skip
+    for key, value in variables.items():
+        command += ["-D", f"{key}={value}"]
+    if log:
+        command += ["-l", f"--log-prefix={logdir}/tx"]
+    command.append(DATABASE)
+    result = subprocess.run(command, check=False, capture_output=True, text=True)
+    (logdir / "pgbench.out").write_text(result.stdout + result.stderr)
+    tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", result.stdout)
+    if tps is None:
+        raise SystemExit(f"pgbench {name} failed:\n{result.stdout}{result.stderr}")
+    failed = re.search(r"number of failed transactions: (\d+)", result.stdout)
+    aborted = len(re.findall(r"client \d+ aborted", result.stderr))
+    latencies: list[float] = []
+    for path in logdir.glob("tx.*"):
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[2].isdigit():
+                latencies.append(int(parts[2]) / 1000.0)
+    latencies.sort()
+    errors = (int(failed.group(1)) if failed else 0) + aborted
+    if result.returncode != 0 and errors == 0:
+        errors = 1  # pgbench said the run failed without counting it
+    return Result(
+        rps=float(tps.group(1)),
+        p50_ms=percentile(latencies, 50),
+        p99_ms=percentile(latencies, 99),
+        errors=errors,
+        details={"transactions": len(latencies), "aborted_clients": aborted,
+                 "p90_ms": percentile(latencies, 90), "max_ms": latencies[-1] if latencies else 0},
+    )  # fmt: skip
+
+
+def wrk(
+    server: Server, name: str, script: str, env: dict[str, str], config: Config, seconds: int
+) -> Result:
+    command = [
+        "wrk", "-t", str(config.wrk_threads), "-c", str(config.connections), "-d", f"{seconds}s",
+        "--timeout", "10s", "--latency", "-s", str(BENCH / script), f"http://127.0.0.1:{server.port}",
+    ]  # fmt: skip
+    full_env = {
+        **os.environ,
+        **env,
+        "BENCH_SEED": str(secrets.randbelow(2**31)),
+        "BENCH_RAW": "1" if config.wrk_threads == config.connections else "0",
+    }
+    result = subprocess.run(command, check=False, capture_output=True, text=True, env=full_env)
+    (OUT / "wrk").mkdir(exist_ok=True)
+    (OUT / "wrk" / f"{name}.out").write_text(result.stdout + result.stderr)
+    line = next((ln for ln in result.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
+    if result.returncode != 0 or line is None:
+        raise SystemExit(f"wrk {name} failed:\n{result.stdout}{result.stderr}")
+    data = json.loads(line.removeprefix("BENCH_RESULT "))
+    raw = next((ln for ln in result.stdout.splitlines() if ln.startswith("BENCH_RAW ")), None)
+    if raw is not None:
+        measured = json.loads(raw.removeprefix("BENCH_RAW "))
+        if measured["count"] > 0:
+            data |= {f"raw_{k}": v for k, v in measured.items()}
+    sockets = data["connect"] + data["read"] + data["write"] + data["timeout"]
+    source = "raw_" if config.latency == "measured" and "raw_p50_us" in data else ""
+    return Result(
+        rps=data["requests"] / (data["duration_us"] / 1e6),
+        p50_ms=data[f"{source}p50_us"] / 1000,
+        p99_ms=data[f"{source}p99_us"] / 1000,
+        # Anything but a fresh 2xx: non-2xx answers, socket errors and timeouts, and replays
+        # (a fresh Idempotency-Key must never replay; a replay would inflate the rate).
+        errors=data["non_2xx"] + sockets + data["replayed"],
+        details=data,
+    )
+
+
+class CpuMeter:
+    """Who used the CPU during a run: the server's processes, PostgreSQL's (live backends plus
+    what the postmaster collected from exited ones), the load generator (a child of this
+    process), and the machine as a whole (busy, I/O wait, idle) from /proc/stat."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, cluster: Cluster, server: Server | None) -> None:
+        self.cluster = cluster
+        self.server = server
+
+    @staticmethod
+    def ticks(pid: int, children: bool = False) -> int:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return 0
+        # after the command: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
+        own = int(fields[11]) + int(fields[12])
+        return own + (int(fields[13]) + int(fields[14]) if children else 0)
+
+    def postmaster(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.cluster.data / "postmaster.pid").read_text().split()[0])
+        return None
+
+    def snapshot(self) -> dict[str, float]:
+        snap: dict[str, float] = {"wall": time.monotonic()}
+        pm = self.postmaster()
+        if pm is not None:
+            snap["postgres"] = self.ticks(pm, children=True) + sum(
+                self.ticks(pid) for pid in descendants(pm)
+            )
+        if self.server is not None:
+            for pid in self.server.pids():
+                snap[f"pid:{pid}"] = self.ticks(pid)
+            snap["server"] = sum(v for k, v in snap.items() if k.startswith("pid:"))
+        times = os.times()
+        snap["loadgen"] = (times.children_user + times.children_system) * self.TICK
+        cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        values = [int(v) for v in cpu]
+        snap["machine_total"] = sum(values[:8])
+        snap["machine_idle"] = values[3]
+        snap["machine_iowait"] = values[4]
+        return snap
+
+    @contextlib.contextmanager
+    def measure(self, into: dict[str, Any]) -> Iterator[None]:
+        before = self.snapshot()
+        yield
+        after = self.snapshot()
+        wall = after["wall"] - before["wall"]
+        total = after["machine_total"] - before["machine_total"] or 1
+        idle = after["machine_idle"] - before["machine_idle"]
+        iowait = after["machine_iowait"] - before["machine_iowait"]
+        cores = os.cpu_count() or 1
+        usage: dict[str, Any] = {
+            "machine_busy": round(1 - (idle + iowait) / total, 3),
+            "machine_iowait": round(iowait / total, 3),
+        }
+        accounted = 0.0
+        for part in ("server", "postgres", "loadgen"):
+            if part in before and part in after:
+                seconds = (after[part] - before[part]) / self.TICK
+                usage[f"{part}_cores"] = round(seconds / wall, 2) if wall else 0
+                accounted += usage[f"{part}_cores"]
+        # Busy cores nobody above accounts for: the kernel's own threads, this script, and
+        # anything else running on the machine (a noisy neighbour shows up here).
+        busy_cores = (1 - (idle + iowait) / total) * (os.cpu_count() or 1)
+        usage["other_cores"] = round(max(0.0, busy_cores - accounted), 2)
+        # Per server process: whether the workers share the load (connections are accepted
+        # by whichever worker is first, and keep-alive connections stay with it).
+        usage["server_cores_by_process"] = sorted(
+            (
+                round((after[k] - before[k]) / self.TICK / wall, 2)
+                for k in after
+                if k.startswith("pid:") and k in before and wall
+            ),
+            reverse=True,
+        )
+        usage["cores"] = cores
+        into["cpu"] = usage
+
+
+class Profiler:
+    """BENCH_PROFILE=1: pg_stat_statements (track = all), PL/pgSQL function times, wait events
+    sampled from pg_stat_activity, and py-spy on the server, per run into bench/out/profile/."""
+
+    def __init__(self, cluster: Cluster, enabled: bool) -> None:
+        self.cluster = cluster
+        self.enabled = enabled
+        self.dir = OUT / "profile"
+        self.waits: dict[str, int] = {}
+        self._stop = threading.Event()
+
+    def setup(self) -> None:
+        if not self.enabled:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self.cluster.connect() as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+    @contextlib.contextmanager
+    def run(self, name: str, server: Server | None, seconds: int) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        with self.cluster.connect() as conn:
+            conn.execute(
+                "SELECT pg_stat_statements_reset(), pg_stat_reset(), pg_stat_reset_shared('wal')"
+            )
+        self.waits = {}
+        self._stop.clear()
+        sampler = threading.Thread(target=self._sample_waits, daemon=True)
+        sampler.start()
+        spy = None
+        spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if server is not None and server.proc is not None and Path(spy_bin).exists():
+            spy = subprocess.Popen(
+                [spy_bin, "record", "--pid", str(server.proc.pid), "--subprocesses",
+                 "--duration", str(max(1, seconds - 2)), "--rate", "200", "--nonblocking",
+                 "--format", "raw", "-o", str(self.dir / f"{name}.pyspy.txt")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        try:
+            yield
+        finally:
+            self._stop.set()
+            sampler.join()
+            if spy is not None:
+                try:
+                    spy.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    spy.wait()
+            self._dump(name)
+
+    def _sample_waits(self) -> None:
+        with self.cluster.connect() as conn:
+            while not self._stop.wait(0.02):
+                rows = conn.execute(
+                    "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU'), count(*)"
+                    "  FROM pg_stat_activity WHERE state = 'active' AND pid <> pg_backend_pid()"
+                    "   AND backend_type = 'client backend' GROUP BY 1"
+                ).fetchall()
+                for event, count in rows:
+                    self.waits[event] = self.waits.get(event, 0) + int(count)
+
+    def _dump(self, name: str) -> None:
+        with self.cluster.connect() as conn:
+            statements = conn.execute(
+                "SELECT calls, round(total_exec_time::numeric, 1) AS total_ms,"
+                "       round(mean_exec_time::numeric, 4) AS mean_ms, toplevel,"
+                "       round(shared_blks_hit::numeric / greatest(calls, 1), 1),"
+                "       round(shared_blks_read::numeric / greatest(calls, 1), 2),"
+                "       round(wal_bytes / greatest(calls, 1)),"
+                "       left(regexp_replace(query, '\\s+', ' ', 'g'), 160)"
+                "  FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 40"
+            ).fetchall()
+            functions = conn.execute(
+                "SELECT schemaname || '.' || funcname, calls, round(total_time::numeric, 1),"
+                "       round(self_time::numeric, 1)"
+                "  FROM pg_stat_user_functions ORDER BY self_time DESC LIMIT 30"
+            ).fetchall()
+            wal = conn.execute(
+                "SELECT wal_records, wal_fpi, pg_size_pretty(wal_bytes), wal_bytes, wal_sync"
+                "  FROM pg_stat_wal"
+            ).fetchone()
+            commits = conn.execute(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            ).fetchone()
+        total = sum(self.waits.values()) or 1
+        lines = [f"# {name}", "", "## wait events of active client backends (share of samples)"]
+        lines += [
+            f"{count / total:7.1%}  {event}"
+            for event, count in sorted(self.waits.items(), key=lambda kv: -kv[1])
+        ]
+        lines += ["", "## functions (calls, total ms, self ms)"]
+        lines += [f"{calls:>9} {tot:>12} {own:>12}  {fn}" for fn, calls, tot, own in functions]
+        lines += [
+            "",
+            "## statements (calls, total ms, mean ms, toplevel, per call: buffer hits, buffer"
+            " reads (from the OS), WAL bytes; query)",
+        ]
+        lines += [
+            f"{c:>9} {t:>12} {m:>10} {top!s:>5} {hit:>8} {read:>7} {wal:>7}  {q}"
+            for c, t, m, top, hit, read, wal, q in statements
+        ]
+        if wal is not None and commits is not None and commits[0]:
+            records, fpi, pretty, size, syncs = wal
+            n = commits[0]
+            lines += ["", f"## WAL: {pretty} in {records} records, {fpi} full-page images, "
+                      f"{syncs} syncs; per commit ({n} commits): {size / n:.0f} bytes, "
+                      f"{records / n:.1f} records, {fpi / n:.2f} full-page images, "
+                      f"{n / max(syncs, 1):.1f} commits per sync"]  # fmt: skip
+        lines += pyspy_summary(self.dir / f"{name}.pyspy.txt")
+        (self.dir / f"{name}.txt").write_text("\n".join(lines) + "\n")
+
+
+def pyspy_summary(path: Path, top: int = 40) -> list[str]:
+    """The hottest Python functions of a py-spy raw (collapsed) profile: inclusive and own
+    share of the samples (py-spy counts only samples where a thread was not idle)."""
+    if not path.exists():
+        return []
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [re.sub(r" \((?:.*/)?([^/]*?):\d+\)$", r" (\1)", f) for f in stack.split(";")]
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+    if not total:
+        return []
+    lines = ["", f"## py-spy: {total} samples of busy server threads; inclusive share"]
+    ranked = sorted(inclusive.items(), key=lambda kv: -kv[1])
+    lines += [
+        f"{n / total:7.1%}  {f[:150]}" for f, n in ranked[:top] if not f.startswith("process")
+    ]
+    lines += ["", "## py-spy: own share (the function itself, including C code it calls)"]
+    lines += [
+        f"{n / total:7.1%}  {f[:150]}" for f, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]
+    ]
+    return lines
+
+
+def fsync_probe(directory: Path, seconds: int) -> dict[str, Any]:
+    """How this disk answers the WAL's question: 8 kB written and fdatasync'ed, again and again,
+    for a few seconds before anything else runs. Commit latency cannot beat it, and its stalls
+    show up in every write run's tail."""
+    path = directory / "fsync-probe"
+    block = os.urandom(8192)
+    latencies: list[float] = []
+    stalls = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            os.pwrite(fd, block, (len(latencies) % 1024) * 8192)
+            os.fdatasync(fd)
+            latencies.append((time.perf_counter() - started) * 1000)
+            stalls += latencies[-1] > 100
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    latencies.sort()
+    return {
+        "seconds": seconds,
+        "syncs": len(latencies),
+        "p50_ms": round(percentile(latencies, 50), 3),
+        "p99_ms": round(percentile(latencies, 99), 3),
+        "p99.9_ms": round(percentile(latencies, 99.9), 3),
+        "max_ms": round(latencies[-1], 1) if latencies else 0,
+        "stalls_over_100ms": stalls,
+    }
+
+
+# --- the bench -----------------------------------------------------------------------------
+
+
+def user_id(i: int) -> str:
+    return str(uuid.UUID(hex=hashlib.md5(str(i).encode()).hexdigest()))  # noqa: S324 (ids)
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = ""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f", {kb / 1024 / 1024:.0f} GB RAM"
+    return f"{platform.machine()}, {model}, {os.cpu_count()} cores{memory}"
+
+
+class Bench:
+    def __init__(self, config: Config, stack: contextlib.ExitStack) -> None:
+        self.config = config
+        self.stack = stack
+        self.cluster = Cluster(config)
+        self.server: Server | None = None
+        self.results: dict[str, Result] = {}
+        self.key = ""
+        self.key_hash = ""
+        self.key_id = ""
+        self.timings: dict[str, float] = {}
+        self.events_in_large_store = 0
+        self.verify: dict[str, Any] = {}
+        self.max_rss_kb = 0
+        self.rss_by_role: dict[str, int] = {}
+        self.load: dict[str, list[float]] = {}
+        self.disk: dict[str, Any] = {}
+        self.profiler = Profiler(self.cluster, config.profile)
+
+    # setup
+
+    def timed(self, what: str, action: Callable[[], Any]) -> Any:
+        started = time.monotonic()
+        value = action()
+        self.timings[what] = round(time.monotonic() - started, 1)
+        say(f"{what}: {self.timings[what]} s")
+        return value
+
+    def prepare(self) -> None:
+        OUT.mkdir(exist_ok=True)
+        (OUT / "server.log").unlink(missing_ok=True)
+        self.stack.callback(self.cleanup_cluster)
+        self.cluster.create()
+        if self.config.fsync_probe > 0:
+            self.disk = fsync_probe(self.cluster.home, self.config.fsync_probe)
+            say(
+                f"disk: {self.disk['syncs']} fdatasync of 8 kB in {self.disk['seconds']} s, "
+                f"p50 {self.disk['p50_ms']} ms, p99.9 {self.disk['p99.9_ms']} ms, "
+                f"max {self.disk['max_ms']} ms, {self.disk['stalls_over_100ms']} over 100 ms"
+            )
+        self.cluster.start()
+        with self.cluster.connect("postgres") as conn:
+            conn.execute(f"CREATE DATABASE {DATABASE}")
+        self.timed("migrate", self.migrate)
+        self.profiler.setup()
+        self.timed("seed users", self.seed_users)
+        self.write_users_lua()
+
+    def cleanup_cluster(self) -> None:
+        self.cluster.stop()
+        if not self.config.keep:
+            self.cluster.remove()
+
+    def migrate(self) -> None:
+        command = ["make", "--no-print-directory", "migrate", f"DATABASE_URL={self.cluster.url()}"]
+        result = subprocess.run(command, cwd=ROOT, check=False, capture_output=True, text=True)
+        (OUT / "migrate.log").write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise SystemExit(f"make migrate failed:\n{result.stdout}{result.stderr}")
+
+    def seed_users(self) -> None:
+        n = self.config.users
+        with self.cluster.connect() as conn:
+            created = conn.execute(
+                "SELECT api.create_api_key('bench', ARRAY['read', 'write', 'admin'], %s, NULL)",
+                [API_KEY_RATE],
+            ).fetchone()
+            assert created is not None
+            self.key = created[0]["key"]
+            self.key_id = created[0]["id"]
+            self.key_hash = hashlib.sha256(self.key.encode()).hexdigest()
+            with conn.transaction():
+                conn.execute(
+                    "SELECT count(*) FROM generate_series(1, %(n)s) i, LATERAL api.create_user("
+                    "  user_id => md5(i::text)::uuid, username => 'user' || i,"
+                    "  email => 'user' || i || '@bench.example', display_name => 'User ' || i) c"
+                    " WHERE c.status = 201",
+                    {"n": n},
+                )
+                conn.execute(
+                    "SELECT count(*) FROM generate_series(1, %(n)s) i, LATERAL api.mint("
+                    "  to_user_id => md5(i::text)::uuid, amount => %(amount)s,"
+                    "  reason => 'bench') m WHERE m.status = 201",
+                    {"n": n, "amount": MINT_PER_USER},
+                )
+            conn.execute("DROP TABLE IF EXISTS bench_entries, bench_accounts")
+            conn.execute(
+                "CREATE TABLE bench_accounts (id integer PRIMARY KEY, balance bigint NOT NULL)"
+                " WITH (fillfactor = 50)"
+            )
+            conn.execute(
+                "CREATE TABLE bench_entries (id bigserial PRIMARY KEY, account integer NOT NULL,"
+                " amount bigint NOT NULL, created_at timestamptz NOT NULL DEFAULT now())"
+            )
+            conn.execute(
+                "INSERT INTO bench_accounts SELECT i, %s FROM generate_series(1, %s) i",
+                [MINT_PER_USER, n],
+            )
+            row = conn.execute(
+                "SELECT count(*) FROM ledger.users WHERE NOT is_system AND deleted_at IS NULL"
+            ).fetchone()
+            if row is None or row[0] != n:
+                raise SystemExit(f"seeded {row} users, expected {n}")
+            conn.execute("VACUUM ANALYZE")
+
+    def write_users_lua(self) -> None:
+        ids = ",\n".join(f'"{user_id(i)}"' for i in range(1, self.config.users + 1))
+        (OUT / "users.lua").write_text(f"return {{\n{ids}\n}}\n")
+
+    def start_server(self) -> None:
+        self.server = Server(self.cluster, self.config.workers)
+        self.stack.callback(self.stop_server)
+        self.server.start()
+
+    def stop_server(self) -> None:
+        if self.server is not None:
+            self.max_rss_kb = max(self.max_rss_kb, self.server.max_rss_kb)
+            for role, kb in self.server.max_rss_by_role.items():
+                self.rss_by_role[role] = max(self.rss_by_role.get(role, 0), kb)
+            self.server.stop()
+            self.server = None
+
+    # runs
+
+    def checkpoint(self) -> None:
+        with self.cluster.connect() as conn:
+            conn.execute("CHECKPOINT")
+
+    def measure(self, name: str) -> None:
+        if name not in self.config.runs:
+            return
+        config = self.config
+        pg_vars = {"users": str(config.users)}
+        measure: Callable[[int], Result]
+        if name == "baseline":
+
+            def measure(s: int) -> Result:
+                return pgbench(self.cluster, name, BENCH / "baseline.sql", "postgres",
+                               pg_vars, config, s)  # fmt: skip
+
+        elif name == "db_transfer":
+            variables = {**pg_vars, "key_hash": self.key_hash}
+
+            def measure(s: int) -> Result:
+                return pgbench(self.cluster, name, BENCH / "db_transfer.sql", "atp_app",
+                               variables, config, s)  # fmt: skip
+
+        else:
+            server = self.server
+            assert server is not None
+            env = {
+                "BENCH_DIR": str(BENCH),
+                "BENCH_USERS": str(OUT / "users.lua"),
+                "BENCH_API_KEY": self.key,
+                "BENCH_HOT": "1" if name == "http_transfer_hot" else "0",
+                "BENCH_READ": "balance" if name == "http_balance" else "history",
+            }
+            script = "transfer.lua" if "transfer" in name else "read.lua"
+
+            def measure(s: int) -> Result:
+                return wrk(server, name, script, env, config, s)
+
+        if config.warmup > 0:
+            measure(config.warmup)
+        self.checkpoint()
+        load_before = os.getloadavg()
+        say(
+            f"{name}: {config.seconds} s at {config.connections} connections ({DESCRIPTIONS[name]})"
+        )
+        sampling = self.server.sampling() if self.server is not None else contextlib.nullcontext()
+        usage: dict[str, Any] = {}
+        meter = CpuMeter(self.cluster, self.server)
+        with sampling, self.profiler.run(name, self.server, config.seconds), meter.measure(usage):
+            result = measure(config.seconds)
+        result.details |= usage
+        self.load[name] = [round(x, 2) for x in (*load_before, *os.getloadavg())]
+        result.details["load_before_after"] = self.load[name]
+        self.results[name] = result
+        cpu = result.details.get("cpu", {})
+        say(
+            f"{name}: {result.rps:.0f}/s p50 {result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms "
+            f"errors {result.errors}; cores used: server {cpu.get('server_cores', '-')}, "
+            f"postgres {cpu.get('postgres_cores', '-')}, load {cpu.get('loadgen_cores')}; "
+            f"machine busy {cpu.get('machine_busy', 0):.0%}, "
+            f"iowait {cpu.get('machine_iowait', 0):.0%}"
+        )
+
+    def seed_large(self) -> None:
+        with self.cluster.connect() as conn:
+            row = conn.execute("SELECT count(*) FROM ledger.events").fetchone()
+            assert row is not None
+            existing = int(row[0])
+        transfers = max(0, -(-(self.config.events - existing) // 2))
+        say(
+            f"large store: {existing} events now, "
+            f"appending {transfers} transfers ({2 * transfers} events)"
+        )
+        if transfers:
+            self.timed("seed large store", lambda: self.cluster.psql(
+                "-v", f"users={self.config.users}", "-v", f"transfers={transfers}",
+                "-v", f"api_key_id={self.key_id}", "-f", str(BENCH / "seed_large.sql"),
+                log=OUT / "seed_large.log",
+            ))  # fmt: skip
+            self.timed("vacuum analyze", self.vacuum)
+        self.verify = self.timed("verify projections", self.verify_projections)
+        if self.verify.get("ok") is not True:
+            (OUT / "verify.json").write_text(json.dumps(self.verify, indent=2))
+            raise SystemExit(f"api.verify_projections() is not ok: see {OUT}/verify.json")
+        with self.cluster.connect() as conn:
+            row = conn.execute("SELECT count(*) FROM ledger.events").fetchone()
+            assert row is not None
+            self.events_in_large_store = int(row[0])
+        say(f"large store: {self.events_in_large_store} events, api.verify_projections() ok")
+
+    def vacuum(self) -> None:
+        with self.cluster.connect() as conn:
+            conn.execute("VACUUM (ANALYZE) ledger.events, ledger.ledger_entries, ledger.balances,"
+                         " ledger.snapshots")  # fmt: skip
+            conn.execute("CHECKPOINT")
+
+    def verify_projections(self) -> dict[str, Any]:
+        with self.cluster.connect() as conn:
+            conn.execute("SET work_mem = '256MB'")
+            row = conn.execute("SELECT api.verify_projections()").fetchone()
+        assert row is not None
+        result: dict[str, Any] = row[0]
+        return result
+
+    def run(self) -> None:
+        self.prepare()
+        self.measure("baseline")
+        self.measure("db_transfer")
+        http_fresh = [r for r in FRESH_RUNS if r.startswith("http_") and r in self.config.runs]
+        if http_fresh:
+            self.start_server()
+            for name in http_fresh:
+                self.measure(name)
+            self.stop_server()
+        if any(r in self.config.runs for r in LARGE_RUNS):
+            self.seed_large()
+            self.start_server()
+            for name in LARGE_RUNS:
+                self.measure(name)
+            self.stop_server()
+
+    # reporting
+
+    def table(self) -> str:
+        base = self.results.get("baseline")
+        header = "| run | rps | p50_ms | p99_ms | errors | ratio to baseline |"
+        lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for name in ALL_RUNS:
+            r = self.results.get(name)
+            if r is None:
+                continue
+            ratio = f"{r.rps / base.rps:.2f}" if base and base.rps else "-"
+            lines.append(
+                f"| {name} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {ratio} |"
+            )
+        return "\n".join(lines)
+
+    def latency_table(self) -> str:
+        """wrk's percentiles (as reported, corrected for coordinated omission) next to the
+        measured ones (each request timed by the Lua script; pgbench's log is measured too)."""
+        lines = [
+            "| run | p50_ms | p99_ms | measured p50_ms | measured p90_ms | measured p99_ms "
+            "| measured max_ms |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for name in ALL_RUNS:
+            r = self.results.get(name)
+            if r is None:
+                continue
+            d = r.details
+            if "raw_p50_us" in d:
+                measured = [d[f"raw_{k}_us"] / 1000 for k in ("p50", "p90", "p99", "max")]
+            elif "max_ms" in d:  # pgbench: its per-transaction log is already measured
+                measured = [r.p50_ms, d["p90_ms"], r.p99_ms, d["max_ms"]]
+            else:
+                measured = []
+            cells = " | ".join(f"{v:.2f}" for v in measured) if measured else "- | - | - | -"
+            lines.append(f"| {name} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {cells} |")
+        return "\n".join(lines)
+
+    def cpu_table(self) -> str:
+        """Where the CPU went in each run: cores used by each part, and CPU ms per request."""
+        lines = [
+            "| run | server cores | postgres cores | load generator cores | other cores "
+            "| machine busy | iowait | server ms/req | postgres ms/req |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for name in ALL_RUNS:
+            r = self.results.get(name)
+            cpu = r.details.get("cpu") if r else None
+            if r is None or not cpu:
+                continue
+
+            def cores(part: str, usage: dict[str, Any] = cpu) -> str:
+                value = usage.get(f"{part}_cores")
+                return "-" if value is None else f"{value:.2f}"
+
+            def per_request(part: str, usage: dict[str, Any] = cpu, rps: float = r.rps) -> str:
+                value = usage.get(f"{part}_cores")
+                return "-" if value is None or not rps else f"{value / rps * 1000:.2f}"
+
+            lines.append(
+                f"| {name} | {cores('server')} | {cores('postgres')} | {cores('loadgen')} "
+                f"| {cores('other')} "
+                f"| {cpu['machine_busy']:.0%} | {cpu['machine_iowait']:.0%} "
+                f"| {per_request('server')} | {per_request('postgres')} |"
+            )
+        return "\n".join(lines)
+
+    def goals(self) -> list[str]:
+        r = self.results
+        out: list[str] = []
+
+        def check(text: str, ok: bool | None, value: str) -> None:
+            mark = "n/a " if ok is None else ("PASS" if ok else "FAIL")
+            out.append(f"{mark}  {text}: {value}")
+
+        def ratio(a: str, b: str) -> float | None:
+            if a in r and b in r and r[b].rps:
+                return r[a].rps / r[b].rps
+            return None
+
+        def check_ratio(text: str, a: str, b: str, least: float) -> None:
+            value = ratio(a, b)
+            check(text, None if value is None else value >= least,
+                  "-" if value is None else f"{value:.2f}")  # fmt: skip
+
+        check_ratio("api.transfer via pgbench >= 0.7 of baseline", "db_transfer", "baseline", 0.7)
+        check_ratio("POST /transfers >= 0.45 of baseline", "http_transfer", "baseline", 0.45)
+        if "http_transfer" in r:
+            t = r["http_transfer"]
+            check("POST /transfers p99 < 25 ms, 0 errors", t.p99_ms < 25 and t.errors == 0,
+                  f"{t.p99_ms:.1f} ms, {t.errors} errors")  # fmt: skip
+        check_ratio(
+            "hot account >= 0.5 of uniform (HTTP)", "http_transfer_hot", "http_transfer", 0.5
+        )
+        if "http_transfer_hot" in r:
+            h = r["http_transfer_hot"]
+            check("hot account p99 < 100 ms", h.p99_ms < 100, f"{h.p99_ms:.1f} ms")
+        check_ratio("balance reads >= 2x transfers (HTTP)", "http_balance", "http_transfer", 2.0)
+        for large, fresh in (("http_transfer_large", "http_transfer"),
+                             ("http_history_large", "http_history")):  # fmt: skip
+            if large in r and fresh in r and r[fresh].p99_ms:
+                grow = r[large].p99_ms / r[fresh].p99_ms
+                value = f"{r[large].p99_ms:.1f} vs {r[fresh].p99_ms:.1f} ms ({grow - 1:+.0%})"
+                check(f"{large} p99 within 15% of {fresh}", grow <= 1.15, value)
+        if self.max_rss_kb:
+            mb = self.max_rss_kb / 1024
+            check("each server process < 200 MB resident", mb < 200, f"largest {mb:.0f} MB")
+        errors = sum(x.errors for x in r.values())
+        check("zero errors in every run", errors == 0, str(errors))
+        return out
+
+    def report(self, started: dt.datetime) -> None:
+        table = self.table()
+        goals = self.goals()
+        rss_mb = round(self.max_rss_kb / 1024, 1)
+        date = started.strftime("%Y-%m-%dT%H:%M:%SZ")
+        results = {
+            "date": date,
+            "machine": machine(),
+            "server_rss_mb": rss_mb,
+            "events_in_large_store": self.events_in_large_store,
+            "runs": {
+                name: self.results[name].public() for name in ALL_RUNS if name in self.results
+            },
+        }
+        settings = (
+            f"{self.config.seconds} s per run, {self.config.connections} connections, "
+            f"{self.config.users} users, {self.config.workers} server workers, "
+            f"HTTP latency from {'wrk' if self.config.latency == 'wrk' else 'the Lua timer'}, "
+            f"PostgreSQL {self.cluster.version()} (fsync, synchronous_commit, full_page_writes on; "
+            "shared_buffers 512MB, max_wal_size 4GB)"
+        )
+        details = {
+            **results,
+            "settings": settings,
+            "config": self.config.__dict__,
+            "timings_s": self.timings,
+            "server_rss_mb_by_role": {k: round(v / 1024, 1) for k, v in self.rss_by_role.items()},
+            "load_average_before_after": self.load,
+            "disk_fsync_probe": self.disk,
+            "latency_source": self.config.latency,
+            "verify_projections": {k: v for k, v in self.verify.items() if not isinstance(v, list)},
+            "runs_details": {name: res.details for name, res in self.results.items()},
+            "goals": goals,
+        }
+        OUT.mkdir(exist_ok=True)
+        (OUT / "details.json").write_text(json.dumps(details, indent=2, default=str) + "\n")
+        print(f"\nfinanceATP bench, {date}, {results['machine']}")
+        print(settings)
+        print(f"largest server process: {rss_mb} MB resident; large store: "
+              f"{self.events_in_large_store} events"
+              + (f" (seeded in {self.timings['seed large store']} s)"
+                 if "seed large store" in self.timings else ""))  # fmt: skip
+        print(f"load average (1, 5, 15 min) before the bench: {self.load_at_start}")
+        print(f"{disk_text(self.disk)}\n")
+        print(table)
+        print("\nLatency: wrk's percentiles against each request timed as it happened:\n")
+        print(self.latency_table())
+        print("\nWhere the CPU went (cores = CPU seconds per second of the run):\n")
+        print(self.cpu_table())
+        print("\nGoals (issue 4):")
+        print("\n".join(f"  {g}" for g in goals))
+        if not self.config.complete:
+            target = OUT / (
+                "results-profile.json" if self.config.profile else "results-partial.json"
+            )
+            target.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"\n(partial or profiled run: wrote {target}, left bench/results.json alone)")
+            return
+        (BENCH / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        chart(results, BENCH / "results.png")
+        tables = [
+            "Latency: wrk's percentiles (corrected for coordinated omission, see above) against"
+            " each request timed as it happened:",
+            "",
+            self.latency_table(),
+            "",
+            "Where the CPU went (cores: CPU seconds per second of the run; ms/req: CPU per"
+            " request):",
+            "",
+            self.cpu_table(),
+        ]
+        update_readme(date, results["machine"], settings, table, "\n".join(tables), goals, details)
+        print("\nwrote bench/results.json, bench/results.png and the table in bench/README.md")
+
+    load_at_start: tuple[float, ...] = ()
+
+
+def disk_text(disk: dict[str, Any]) -> str:
+    if not disk:
+        return "disk: not probed"
+    return (
+        f"disk (the cluster's filesystem, before the runs): 8 kB write + fdatasync "
+        f"p50 {disk['p50_ms']} ms, p99.9 {disk['p99.9_ms']} ms, max {disk['max_ms']} ms, "
+        f"{disk['stalls_over_100ms']} stalls over 100 ms in {disk['seconds']} s"
+    )
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = results["runs"]
+    names = [n for n in ALL_RUNS if n in runs]
+    rps = [runs[n]["rps"] for n in names]
+    base = runs.get("baseline", {}).get("rps") or 0
+    colors = [
+        "#7f7f7f" if n == "baseline" else "#1f77b4" if n.startswith("db_")
+        else "#ff7f0e" if n.endswith("_large") else "#2ca02c"
+        for n in names
+    ]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    bars = ax.bar(names, rps, color=colors)
+    for bar, name in zip(bars, names, strict=True):
+        run = runs[name]
+        label = f"{run['rps']:.0f}/s\n{run['rps'] / base:.2f}x" if base else f"{run['rps']:.0f}/s"
+        label += f"\np99 {run['p99_ms']:.0f} ms"
+        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)  # fmt: skip
+    ax.set_ylabel("requests (transactions) per second")
+    ax.set_title(
+        f"financeATP make bench, {results['date']}\n{results['machine']}; "
+        f"ratio = rps / baseline; {results['events_in_large_store']:,} events in the large store",
+        fontsize=9,
+    )
+    ax.set_ylim(0, max(rps) * 1.25 if rps else 1)
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def update_readme(
+    date: str,
+    machine_text: str,
+    settings: str,
+    table: str,
+    extra_tables: str,
+    goals: list[str],
+    details: dict[str, Any],
+) -> None:
+    readme = BENCH / "README.md"
+    start, end = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        say("bench/README.md has no results markers: table not written there")
+        return
+    timings = details["timings_s"]
+    load = details["load_average_before_after"]
+    seeded = timings.get("seed large store")
+    block = "\n".join([
+        start,
+        f"Latest run: {date}, {machine_text}; {settings}.",
+        "",
+        table,
+        "",
+        f"Largest server process: {details['server_rss_mb']} MB resident. Large store: "
+        f"{details['events_in_large_store']:,} events"
+        + (f", seeded in {seeded} s, verified by `api.verify_projections()` in "
+           f"{timings.get('verify projections')} s." if seeded else "."),
+        f"{disk_text(details['disk_fsync_probe'])}.",
+        "Load average (1 min) before/after each run: "
+        + ", ".join(f"{n} {v[0]}/{v[3]}" for n, v in load.items()) + ".",
+        "",
+        extra_tables,
+        "",
+        "Goals of issue 4, from this run:",
+        "",
+        "```",
+        *goals,
+        "```",
+        "",
+        "![requests per second of each run, with the ratio to the baseline](results.png)",
+        end,
+    ])  # fmt: skip
+    before, rest = text.split(start, 1)
+    after = rest.split(end, 1)[1]
+    readme.write_text(before + block + after)
+
+
+def main() -> None:
+    config = Config.from_env()
+    if shutil.which("wrk") is None and any(r.startswith("http_") for r in config.runs):
+        raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
+    started = dt.datetime.now(dt.UTC)
+    with contextlib.ExitStack() as stack:
+        bench = Bench(config, stack)
+        bench.load_at_start = tuple(round(x, 2) for x in os.getloadavg())
+        say(f"load average before: {bench.load_at_start}; runs: {', '.join(config.runs)}")
+        bench.run()
+        bench.stop_server()
+    bench.report(started)
+
+
+if __name__ == "__main__":
+    main()
