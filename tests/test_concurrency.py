@@ -721,59 +721,39 @@ def test_concurrent_delete_and_mint_never_leave_money_in_a_deleted_wallet(dba, a
     (payer,) = make_users(dba, 1, "payer", Decimal("1000"))
     barrier = threading.Barrier(3, timeout=BARRIER_TIMEOUT)
 
-    def deleter() -> list[Outcome]:
-        with connect(app_url) as conn:
-            outcomes = []
-            for victim in victims:
-                barrier.wait()
-                outcomes.append(
-                    call(
-                        conn,
-                        "delete_user",
-                        user_id=victim,
-                        idempotency_key=uuid.uuid4(),
-                        api_key_hash=write_hash,
-                    )
-                )
-            return outcomes
+    def client(function: str, **arguments: Any) -> Callable[[], list[Outcome]]:
+        """One connection calling `function` once per victim, in step with the other clients."""
 
-    def minter() -> list[Outcome]:
-        with connect(app_url) as conn:
-            outcomes = []
-            for victim in victims:
-                barrier.wait()
-                outcomes.append(
-                    call(
-                        conn,
-                        "mint",
-                        to_user_id=victim,
-                        amount=Decimal("5"),
-                        idempotency_key=uuid.uuid4(),
-                        api_key_hash=admin_hash,
+        def run() -> list[Outcome]:
+            with connect(app_url) as conn:
+                outcomes = []
+                for victim in victims:
+                    barrier.wait()
+                    target = "to_user_id" if function != "delete_user" else "user_id"
+                    outcomes.append(
+                        call(
+                            conn,
+                            function,
+                            **{target: victim},
+                            idempotency_key=uuid.uuid4(),
+                            **arguments,
+                        )
                     )
-                )
-            return outcomes
+                return outcomes
 
-    def payer_client() -> list[Outcome]:
-        with connect(app_url) as conn:
-            outcomes = []
-            for victim in victims:
-                barrier.wait()
-                outcomes.append(
-                    call(
-                        conn,
-                        "transfer",
-                        from_user_id=payer,
-                        to_user_id=victim,
-                        amount=Decimal("2"),
-                        idempotency_key=uuid.uuid4(),
-                        api_key_hash=write_hash,
-                        request_user_id=payer,
-                    )
-                )
-            return outcomes
+        return run
 
-    deletes, mints, transfers = run_parallel(deleter, minter, payer_client)
+    deletes, mints, transfers = run_parallel(
+        client("delete_user", api_key_hash=write_hash),
+        client("mint", amount=Decimal("5"), api_key_hash=admin_hash),
+        client(
+            "transfer",
+            from_user_id=payer,
+            amount=Decimal("2"),
+            api_key_hash=write_hash,
+            request_user_id=payer,
+        ),
+    )
 
     closed = {}
     for victim, deleted, minted, paid in zip(victims, deletes, mints, transfers, strict=True):
