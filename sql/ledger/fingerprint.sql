@@ -3,7 +3,7 @@
 CREATE OR REPLACE FUNCTION ledger.fingerprint(operation text, arguments jsonb)
 RETURNS text
 LANGUAGE sql
-IMMUTABLE
+STABLE
 PARALLEL SAFE
 AS $$
     SELECT encode(sha256(convert_to(operation || ' ' || arguments::text, 'UTF8')), 'hex')
