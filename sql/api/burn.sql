@@ -22,8 +22,6 @@ DECLARE
     _hash text;
     _stored ledger.idempotency_keys;
     _id uuid := ledger.uuid_v7();
-    _posted record;
-    _body jsonb;
 BEGIN
     _ctx := ledger.authorize(burn.api_key_hash, 'admin', burn.request_user_id,
                              burn.correlation_id, burn.client_addr);
@@ -42,25 +40,14 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'reason is longer than 500 characters';
     END IF;
     -- Retiring: the wallet and the issued-ATP account both shrink.
-    SELECT * INTO _posted FROM ledger.post_journal(
+    body := ledger.post_journal(
         _ctx, _id, ledger.wallet_of(burn.from_user_id, 'from_user_id'), '00000000-0000-0000-0000-000000000101',
-        burn.amount, 'burn', 'burn', '00000000-0000-0000-0000-000000000001', burn.from_user_id, burn.reason);
-
-    _body := jsonb_build_object(
-        'burn_id', _id,
-        'status', 'completed',
-        'from_user_id', burn.from_user_id,
-        'amount', burn.amount::numeric(21, 8)::text,
-        'reason', burn.reason,
-        'created_at', ledger.rfc3339(_posted.created_at));
-    PERFORM ledger.write_audit(_ctx, 'burn', 'burn', _id::text,
-        jsonb_build_object('balance', _posted.debit_before::numeric(21, 8)::text,
-                           'issued', _posted.credit_before::numeric(21, 8)::text),
-        _body || jsonb_build_object('balance', _posted.debit_after::numeric(21, 8)::text,
-                                    'issued', _posted.credit_after::numeric(21, 8)::text));
-    PERFORM ledger.idempotency_store(_ctx, burn.idempotency_key, 'burn', _hash, 201, _body);
+        burn.amount, 'burn', 'burn', '00000000-0000-0000-0000-000000000001', burn.from_user_id, burn.reason,
+        'burn', jsonb_build_object(
+            'burn_id', _id, 'status', 'completed', 'from_user_id', burn.from_user_id,
+            'amount', burn.amount::numeric(21, 8)::text, 'reason', burn.reason),
+        'balance', 'issued', burn.idempotency_key, _hash);
     status := 201;
-    body := _body;
     replayed := false;
 END
 $$;

@@ -22,8 +22,6 @@ DECLARE
     _hash text;
     _stored ledger.idempotency_keys;
     _id uuid := ledger.uuid_v7();
-    _posted record;
-    _body jsonb;
 BEGIN
     _ctx := ledger.authorize(mint.api_key_hash, 'admin', mint.request_user_id,
                              mint.correlation_id, mint.client_addr);
@@ -42,25 +40,14 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'reason is longer than 500 characters';
     END IF;
     -- Issuing: the issued-ATP account (debit-normal) and the wallet (credit-normal) both grow.
-    SELECT * INTO _posted FROM ledger.post_journal(
+    body := ledger.post_journal(
         _ctx, _id, '00000000-0000-0000-0000-000000000101', ledger.wallet_of(mint.to_user_id, 'to_user_id'),
-        mint.amount, 'mint', 'mint', mint.to_user_id, '00000000-0000-0000-0000-000000000001', mint.reason);
-
-    _body := jsonb_build_object(
-        'mint_id', _id,
-        'status', 'completed',
-        'to_user_id', mint.to_user_id,
-        'amount', mint.amount::numeric(21, 8)::text,
-        'reason', mint.reason,
-        'created_at', ledger.rfc3339(_posted.created_at));
-    PERFORM ledger.write_audit(_ctx, 'mint', 'mint', _id::text,
-        jsonb_build_object('balance', _posted.credit_before::numeric(21, 8)::text,
-                           'issued', _posted.debit_before::numeric(21, 8)::text),
-        _body || jsonb_build_object('balance', _posted.credit_after::numeric(21, 8)::text,
-                                    'issued', _posted.debit_after::numeric(21, 8)::text));
-    PERFORM ledger.idempotency_store(_ctx, mint.idempotency_key, 'mint', _hash, 201, _body);
+        mint.amount, 'mint', 'mint', mint.to_user_id, '00000000-0000-0000-0000-000000000001', mint.reason,
+        'mint', jsonb_build_object(
+            'mint_id', _id, 'status', 'completed', 'to_user_id', mint.to_user_id,
+            'amount', mint.amount::numeric(21, 8)::text, 'reason', mint.reason),
+        'issued', 'balance', mint.idempotency_key, _hash);
     status := 201;
-    body := _body;
     replayed := false;
 END
 $$;

@@ -23,8 +23,6 @@ DECLARE
     _hash text;
     _stored ledger.idempotency_keys;
     _id uuid := ledger.uuid_v7();
-    _posted record;
-    _body jsonb;
 BEGIN
     _ctx := ledger.authorize(transfer.api_key_hash, 'write', transfer.request_user_id,
                              transfer.correlation_id, transfer.client_addr);
@@ -51,29 +49,18 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'a transfer needs two different users';
     END IF;
 
-    SELECT * INTO _posted FROM ledger.post_journal(
+    body := ledger.post_journal(
         _ctx, _id,
         ledger.wallet_of(transfer.from_user_id, 'from_user_id'),
         ledger.wallet_of(transfer.to_user_id, 'to_user_id'),
         transfer.amount, 'transfer_out', 'transfer_in',
-        transfer.to_user_id, transfer.from_user_id, transfer.memo);
-
-    _body := jsonb_build_object(
-        'transfer_id', _id,
-        'status', 'completed',
-        'from_user_id', transfer.from_user_id,
-        'to_user_id', transfer.to_user_id,
-        'amount', transfer.amount::numeric(21, 8)::text,
-        'memo', transfer.memo,
-        'created_at', ledger.rfc3339(_posted.created_at));
-    PERFORM ledger.write_audit(_ctx, 'transfer', 'transfer', _id::text,
-        jsonb_build_object('from_balance', _posted.debit_before::numeric(21, 8)::text,
-                           'to_balance', _posted.credit_before::numeric(21, 8)::text),
-        _body || jsonb_build_object('from_balance', _posted.debit_after::numeric(21, 8)::text,
-                                    'to_balance', _posted.credit_after::numeric(21, 8)::text));
-    PERFORM ledger.idempotency_store(_ctx, transfer.idempotency_key, 'transfer', _hash, 201, _body);
+        transfer.to_user_id, transfer.from_user_id, transfer.memo,
+        'transfer', jsonb_build_object(
+            'transfer_id', _id, 'status', 'completed', 'from_user_id', transfer.from_user_id,
+            'to_user_id', transfer.to_user_id, 'amount', transfer.amount::numeric(21, 8)::text,
+            'memo', transfer.memo),
+        'from_balance', 'to_balance', transfer.idempotency_key, _hash);
     status := 201;
-    body := _body;
     replayed := false;
 END
 $$;
