@@ -95,3 +95,15 @@ bench: $(STAMP)
 	@$(PY) -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/pip install --quiet -e '.[dev,bench]'
 	BENCH_SECONDS=$(BENCH_SECONDS) BENCH_CONNECTIONS=$(BENCH_CONNECTIONS) BENCH_EVENTS=$(BENCH_EVENTS) \
 	    PG_BINDIR=$(PG_BINDIR) $(PY) bench/bench.py
+
+# What each part of api.transfer costs in PostgreSQL CPU (bench/ablation.py): its own temporary
+# PostgreSQL and pgbench, no HTTP; not part of `make test`. Writes bench/out/ablation.md and .json.
+BENCH_ABLATION_SECONDS ?= 8
+BENCH_ABLATION_CLIENTS ?= 2
+BENCH_ABLATION_ROUNDS ?= 3
+
+.PHONY: bench-ablation
+bench-ablation: $(STAMP)
+	@command -v initdb >/dev/null || { echo "PostgreSQL server binaries not found (Debian: apt-get install postgresql-15)"; exit 1; }
+	BENCH_ABLATION_SECONDS=$(BENCH_ABLATION_SECONDS) BENCH_ABLATION_CLIENTS=$(BENCH_ABLATION_CLIENTS) \
+	    BENCH_ABLATION_ROUNDS=$(BENCH_ABLATION_ROUNDS) PG_BINDIR=$(PG_BINDIR) $(PY) bench/ablation.py
