@@ -39,10 +39,13 @@ BEGIN
     IF length(burn.reason) > 500 THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'reason is longer than 500 characters';
     END IF;
+    IF burn.from_user_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'from_user_id is required';
+    END IF;
     -- Retiring: the wallet and the issued-ATP account both shrink.
     body := ledger.post_journal(
-        _ctx, _id, ledger.wallet_of(burn.from_user_id, 'from_user_id'), '00000000-0000-0000-0000-000000000101',
-        burn.amount, 'burn', 'burn', '00000000-0000-0000-0000-000000000001', burn.from_user_id, burn.reason,
+        _ctx, _id, burn.from_user_id, 'user_wallet', '00000000-0000-0000-0000-000000000001', 'mint_source',
+        burn.amount, 'burn', 'burn', burn.reason,
         'burn', jsonb_build_object(
             'burn_id', _id, 'status', 'completed', 'from_user_id', burn.from_user_id,
             'amount', burn.amount::numeric(21, 8)::text, 'reason', burn.reason),

@@ -39,10 +39,13 @@ BEGIN
     IF length(mint.reason) > 500 THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'reason is longer than 500 characters';
     END IF;
+    IF mint.to_user_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'to_user_id is required';
+    END IF;
     -- Issuing: the issued-ATP account (debit-normal) and the wallet (credit-normal) both grow.
     body := ledger.post_journal(
-        _ctx, _id, '00000000-0000-0000-0000-000000000101', ledger.wallet_of(mint.to_user_id, 'to_user_id'),
-        mint.amount, 'mint', 'mint', mint.to_user_id, '00000000-0000-0000-0000-000000000001', mint.reason,
+        _ctx, _id, '00000000-0000-0000-0000-000000000001', 'mint_source', mint.to_user_id, 'user_wallet',
+        mint.amount, 'mint', 'mint', mint.reason,
         'mint', jsonb_build_object(
             'mint_id', _id, 'status', 'completed', 'to_user_id', mint.to_user_id,
             'amount', mint.amount::numeric(21, 8)::text, 'reason', mint.reason),

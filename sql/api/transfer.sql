@@ -45,16 +45,17 @@ BEGIN
     IF length(transfer.memo) > 500 THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'memo is longer than 500 characters';
     END IF;
-    IF transfer.from_user_id = transfer.to_user_id THEN
+    IF transfer.from_user_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'from_user_id is required';
+    ELSIF transfer.to_user_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'to_user_id is required';
+    ELSIF transfer.from_user_id = transfer.to_user_id THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'a transfer needs two different users';
     END IF;
 
     body := ledger.post_journal(
-        _ctx, _id,
-        ledger.wallet_of(transfer.from_user_id, 'from_user_id'),
-        ledger.wallet_of(transfer.to_user_id, 'to_user_id'),
-        transfer.amount, 'transfer_out', 'transfer_in',
-        transfer.to_user_id, transfer.from_user_id, transfer.memo,
+        _ctx, _id, transfer.from_user_id, 'user_wallet', transfer.to_user_id, 'user_wallet',
+        transfer.amount, 'transfer_out', 'transfer_in', transfer.memo,
         'transfer', jsonb_build_object(
             'transfer_id', _id, 'status', 'completed', 'from_user_id', transfer.from_user_id,
             'to_user_id', transfer.to_user_id, 'amount', transfer.amount::numeric(21, 8)::text,

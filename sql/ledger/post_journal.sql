@@ -1,23 +1,27 @@
 -- Posts one journal of two lines: debit one account, credit another, by the same amount.
--- The two balances rows are locked in account-id order (so opposite journals cannot
--- deadlock) as late as possible, then checked; then one statement appends the two events,
--- their two journal lines, the audit row and the stored response for the idempotency key,
--- and the projection trigger moves the balances. One statement instead of four: each
--- statement a PL/pgSQL function runs costs an executor start-up and a pass over the
--- target table's constraints, which made up much of a transfer's CPU (bench/README.md).
+-- Each side is named by its owner and account type (a wallet: the user and 'user_wallet';
+-- the issuer's account: the system user and 'mint_source'). One statement finds both
+-- accounts and locks their balances rows in account-id order (so opposite journals cannot
+-- deadlock), as late as possible; a user who does not exist, was deleted (their wallet is
+-- closed in the same transaction) or is a system user has no open wallet: not found.
+-- Then one statement appends the two events, their two journal lines, the audit row and the
+-- stored response for the idempotency key, and the projection trigger moves the balances.
+-- Few statements and few tables: each statement costs an executor start-up and a pass over
+-- its table's constraints, and each table and index read takes a lock that, past the 16
+-- a session takes cheaply, goes through the shared lock table (bench/README.md).
 -- operation names the audit action and the idempotency operation; body is the response
 -- without created_at, which is added here; debit_label and credit_label name the two
 -- balances in the audit row's before and after states.
 CREATE OR REPLACE FUNCTION ledger.post_journal(
     ctx ledger.request_context,
     journal_id uuid,
-    debit_account uuid,
-    credit_account uuid,
+    debit_user uuid,
+    debit_type text,
+    credit_user uuid,
+    credit_type text,
     amount numeric,
     debit_kind text,
     credit_kind text,
-    debit_counterparty uuid,
-    credit_counterparty uuid,
     memo text,
     operation text,
     body jsonb,
@@ -34,31 +38,40 @@ DECLARE
     _row record;
     _debit record;
     _credit record;
+    _found integer := 0;
     _debit_after numeric;
     _credit_after numeric;
     _at timestamptz;
     _body jsonb;
 BEGIN
     FOR _row IN
-        SELECT b.account_id, b.balance, b.is_frozen, b.is_closed, b.version, b.normal_side, a.user_id
-          FROM ledger.balances b
-          JOIN ledger.accounts a ON a.id = b.account_id
-         WHERE b.account_id IN (post_journal.debit_account, post_journal.credit_account)
+        SELECT b.account_id, b.balance, b.is_frozen, b.is_closed, b.version, b.normal_side, a.user_id,
+               a.user_id = post_journal.debit_user AND a.account_type = post_journal.debit_type AS is_debit
+          FROM ledger.accounts a
+          JOIN ledger.balances b ON b.account_id = a.id
+         WHERE ((a.user_id = post_journal.debit_user AND a.account_type = post_journal.debit_type)
+                OR (a.user_id = post_journal.credit_user AND a.account_type = post_journal.credit_type))
+           AND (a.account_type <> 'user_wallet' OR NOT a.is_system)
+           AND NOT b.is_closed
          ORDER BY b.account_id
            FOR UPDATE OF b
     LOOP
-        IF _row.account_id = post_journal.debit_account THEN
+        IF _row.is_debit THEN
             _debit := _row;
+            _found := _found | 1;
         ELSE
             _credit := _row;
-        END IF;
-        IF _row.is_closed THEN
-            RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found', _row.user_id);
-        ELSIF _row.is_frozen THEN
-            RAISE EXCEPTION USING ERRCODE = 'L4003',
-                MESSAGE = format('the wallet of user %s is frozen', _row.user_id);
+            _found := _found | 2;
         END IF;
     END LOOP;
+    IF _found & 1 = 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found', post_journal.debit_user);
+    ELSIF _found & 2 = 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found', post_journal.credit_user);
+    ELSIF _debit.is_frozen OR _credit.is_frozen THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4003', MESSAGE = format('the wallet of user %s is frozen',
+            CASE WHEN _debit.is_frozen THEN _debit.user_id ELSE _credit.user_id END);
+    END IF;
 
     _debit_after := _debit.balance
                   + CASE _debit.normal_side WHEN 'debit' THEN post_journal.amount ELSE -post_journal.amount END;
@@ -90,9 +103,9 @@ BEGIN
                                   'memo', post_journal.memo),
                ctx.actor, ctx.api_key_id, ctx.request_user_id, ctx.correlation_id, _at
           FROM (VALUES (_debit.account_id, _debit.version + 1, 'AccountDebited', post_journal.debit_kind,
-                        post_journal.debit_counterparty),
+                        post_journal.credit_user),
                        (_credit.account_id, _credit.version + 1, 'AccountCredited', post_journal.credit_kind,
-                        post_journal.credit_counterparty))
+                        post_journal.debit_user))
                AS v(account_id, version, event_type, kind, counterparty)
         RETURNING id, aggregate_id, event_type
     ), journal AS (
@@ -104,8 +117,8 @@ BEGIN
                post_journal.amount,
                CASE a.event_type WHEN 'AccountDebited' THEN _debit_after ELSE _credit_after END,
                CASE a.event_type WHEN 'AccountDebited' THEN post_journal.debit_kind ELSE post_journal.credit_kind END,
-               CASE a.event_type WHEN 'AccountDebited' THEN post_journal.debit_counterparty
-                    ELSE post_journal.credit_counterparty END,
+               CASE a.event_type WHEN 'AccountDebited' THEN post_journal.credit_user
+                    ELSE post_journal.debit_user END,
                post_journal.memo, _at
           FROM appended a
     ), audited AS (
