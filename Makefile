@@ -21,6 +21,8 @@ help:
 	@echo "make migrate  apply migrations and sql/ to DATABASE_URL (or the embedded database)"
 	@echo "make api-key NAME=nextjs PERMISSIONS=read,write  create an API key and print it once"
 	@echo "make lint     ruff check and format check"
+	@echo "make bench   throughput and latency against the machine's limit (bench/README.md)"
+	@echo "make bench-ablation  what each part of api.transfer costs in PostgreSQL CPU"
 
 $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
