@@ -3,7 +3,7 @@
 -- Accounting model (migrations/0002): wallets are credit-normal, mint_source is debit-normal, so a
 -- mint debits mint_source and credits the wallet, a burn does the reverse.
 BEGIN;
-SELECT plan(88);
+SELECT plan(90);
 
 CREATE TEMP TABLE k (name text PRIMARY KEY, id uuid, key text, hash text);
 INSERT INTO k
@@ -273,6 +273,13 @@ SELECT throws_ok($$SELECT * FROM api.mint('b0b00000-0000-4000-8000-000000000002'
                  'L4003', NULL, 'nothing can be minted into a frozen wallet');
 SELECT throws_ok($$SELECT * FROM api.burn('b0b00000-0000-4000-8000-000000000002', 1)$$,
                  'L4003', NULL, 'nothing can be burned from a frozen wallet');
+SELECT throws_like($$SELECT * FROM api.transfer('b0b00000-0000-4000-8000-000000000002', 'dead0000-0000-4000-8000-00000000beef',
+                                                1, request_user_id => 'b0b00000-0000-4000-8000-000000000002')$$,
+                   '%dead0000-0000-4000-8000-00000000beef not found%',
+                   'a frozen sender and an unknown receiver: not found wins over frozen');
+SELECT throws_ok($$SELECT * FROM api.transfer('dead0000-0000-4000-8000-00000000beef', 'b0b00000-0000-4000-8000-000000000002',
+                                              1, request_user_id => 'dead0000-0000-4000-8000-00000000beef')$$,
+                 'L4041', NULL, 'an unknown sender and a frozen receiver: not found wins over frozen');
 SELECT is(pg_temp.wallet('b0b00000-0000-4000-8000-000000000002'), 30.25000001::numeric,
           'the frozen wallet kept its balance');
 
