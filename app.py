@@ -88,7 +88,7 @@ class Settings:
     database_url: str
     db_role: str = "atp_app"
     pool_min_size: int = 2
-    pool_max_size: int = 10
+    pool_max_size: int = 4
     pool_timeout: float = 5.0
     max_body_bytes: int = 64 * 1024
     maintenance_interval: float = 60.0
