@@ -35,7 +35,7 @@ BEGIN
     WITH page AS (
         SELECT e.id, e.journal_id, e.kind, e.amount, e.counterparty_user_id, e.memo, e.balance_after, e.created_at
           FROM ledger.ledger_entries e
-         WHERE e.account_id = _account AND (_before IS NULL OR e.id < _before)
+         WHERE e.account_id = _account AND e.id < COALESCE(_before, 9223372036854775807)
          ORDER BY e.id DESC
          LIMIT get_history."limit" + 1
     ), numbered AS (
