@@ -23,6 +23,7 @@ help:
 	@echo "make lint     ruff check and format check"
 	@echo "make bench   throughput and latency against the machine's limit (bench/README.md)"
 	@echo "make bench-ablation  what each part of api.transfer costs in PostgreSQL CPU"
+	@echo "make bench-month-turn  transfers and history reads through midnight of a month's last day"
 
 $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
@@ -109,3 +110,14 @@ bench-ablation: $(STAMP)
 	@command -v initdb >/dev/null || { echo "PostgreSQL server binaries not found (Debian: apt-get install postgresql-15)"; exit 1; }
 	BENCH_ABLATION_SECONDS=$(BENCH_ABLATION_SECONDS) BENCH_ABLATION_CLIENTS=$(BENCH_ABLATION_CLIENTS) \
 	    BENCH_ABLATION_ROUNDS=$(BENCH_ABLATION_ROUNDS) PG_BINDIR=$(PG_BINDIR) $(PY) bench/ablation.py
+
+# Transfers and history reads through midnight of a month's last day (bench/month_turn.py): its
+# own temporary PostgreSQL under libfaketime, pgbench; not part of `make test`.
+.PHONY: bench-month-turn
+bench-month-turn: $(STAMP)
+	@ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || { \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        apt-get install -y -qq faketime >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq faketime >/dev/null); \
+	    else echo "libfaketime is missing: install it (Debian: sudo apt-get install faketime)"; exit 1; fi; }
+	@command -v initdb >/dev/null || { echo "PostgreSQL server binaries not found (Debian: apt-get install postgresql-15)"; exit 1; }
+	BENCH_CONNECTIONS=$(BENCH_CONNECTIONS) PG_BINDIR=$(PG_BINDIR) $(PY) bench/month_turn.py
