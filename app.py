@@ -797,6 +797,15 @@ async def run_maintenance(state: AppState) -> None:
         await asyncio.sleep(interval)
 
 
+async def publish_pool_gauges(state: AppState, interval: float = 1.0) -> None:
+    """The pool gauges of this worker, once a second (and by /metrics when it answers): per
+    request, their three writes to the multiprocess files cost more than the request's other
+    metrics (bench/README.md, third pass)."""
+    while True:
+        METRICS.observe_pool(state.pool)
+        await asyncio.sleep(interval)
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     setup_logging()
@@ -805,7 +814,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     await pool.open(wait=False)
     state = AppState(settings, pool, ErrorCodes(), KeyNames(settings.key_name_ttl))
     await load_error_codes(state, timeout=settings.pool_timeout)
-    tasks = []
+    tasks = [asyncio.create_task(publish_pool_gauges(state))]
     if settings.maintenance_interval > 0:
         tasks.append(asyncio.create_task(run_maintenance(state)))
     try:
@@ -857,10 +866,19 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
+        self.children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route, method).observe(seconds)
+        # The labelled children, looked up once per (route, method, status): few of them.
+        children = self.children.get((route, method, status))
+        if children is None:
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route, method),
+            )
+            self.children[(route, method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_pool(self, pool: AsyncConnectionPool[Any]) -> None:
         stats = pool.get_stats()
@@ -1339,7 +1357,6 @@ class RequestContext:
         atp: AppState | None = state.get("atp")
         key_name = None
         if atp is not None:
-            METRICS.observe_pool(atp.pool)
             if state["api_key_hash"] and status != 503:
                 key_name = await atp.key_names.name(atp.pool, state["api_key_hash"])
         fields = {
@@ -1394,6 +1411,13 @@ LOG_CONFIG: dict[str, Any] = {
 
 
 def setup_logging() -> None:
+    # No caller, thread or process lookups for each record (the logging HOWTO's "Optimization"):
+    # JsonFormatter writes none of them, and they cost about 40 us of the access log's 100 us
+    # per request under load (bench/README.md, third pass).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     if not any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
         logging.config.dictConfig(LOG_CONFIG)
 
