@@ -274,9 +274,8 @@ def main() -> None:
     rounds = harness.env_int("BENCH_ABLATION_ROUNDS", 3)
     with contextlib.ExitStack() as stack:
         bench = harness.Bench(config, stack)
-        cluster = bench.cluster  # its own directory: `make bench` may run next to it
-        cluster.home = cluster.home.with_name(cluster.home.name + "-ablation")
-        cluster.data, cluster.log = cluster.home / "data", cluster.home / "postgresql.log"
+        cluster = bench.cluster
+        cluster.use_own_home("-ablation")
         bench.prepare()
         setup(bench)
         os.environ["PGOPTIONS"] = "-c synchronous_commit=off"  # for pgbench's sessions

@@ -211,6 +211,11 @@ class Cluster:
         digest = hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
         return Path("/var/tmp") / f"financeatp-bench-{digest}"  # noqa: S108 (removed at the end)
 
+    def use_own_home(self, suffix: str) -> None:
+        """A directory of its own (home + suffix), so that `make bench` may run beside it."""
+        self.home = self.home.with_name(self.home.name + suffix)
+        self.data, self.log = self.home / "data", self.home / "postgresql.log"
+
     def run_pg(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [*self.as_pg(), *command], check=False, capture_output=True, text=True

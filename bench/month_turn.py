@@ -147,9 +147,8 @@ def main() -> None:
     )  # fmt: skip
     with contextlib.ExitStack() as stack:
         bench = harness.Bench(config, stack)
-        cluster = bench.cluster  # its own directory: `make bench` may run next to it
-        cluster.home = cluster.home.with_name(cluster.home.name + "-month-turn")
-        cluster.data, cluster.log = cluster.home / "data", cluster.home / "postgresql.log"
+        cluster = bench.cluster
+        cluster.use_own_home("-month-turn")
         bench.prepare()
         bench.config = dataclasses.replace(config, events=30 * config.users)
         bench.seed_large()  # then VACUUM ANALYZE: the next months' partitions, empty, too
