@@ -5,10 +5,10 @@ time (ledger.ensure_partitions), so they are empty, and analysed while empty, wh
 begins; a plan chosen for an empty table could turn into a scan of a full one. This drill
 prepares a cluster as `make bench` does (migrated, 10,000 users, about 30 journal lines each
 appended by bench/seed_large.sql, VACUUM ANALYZE, which analyses the empty partitions of the
-next months), restarts PostgreSQL under libfaketime (Debian's
-faketime) with its clock 60 s before the next month begins, and runs pgbench for 120 s: half the
-clients call api.transfer, half api.get_history for random users, autovacuum on as in production
-(BENCH_AUTOVACUUM=off: off, so that no ANALYZE replaces the plans made while the month was empty).
+next months), restarts PostgreSQL under libfaketime (Debian's faketime) with its clock 60 s
+before the next month begins, and runs pgbench for 120 s: half the clients call api.transfer,
+half api.get_history for random users, autovacuum on as in production (BENCH_AUTOVACUUM=off:
+off, so that no ANALYZE replaces the plans made while the month was empty).
 It compares the rates of the 5-second intervals before and after midnight, and checks where the
 rows went and that the projection still verifies. Writes bench/out/month_turn.json.
 """
@@ -141,8 +141,6 @@ def main() -> None:
     faketime_library()
     clients = harness.env_int("BENCH_CONNECTIONS", 16)
     config = dataclasses.replace(
-        # About 30 journal lines per user before the run, so that every history page is full
-        # from the start and the pages do not grow during it (that would lower the rate too).
         harness.Config.from_env(), events=0, warmup=0, fsync_probe=0, profile=False,
     )  # fmt: skip
     with contextlib.ExitStack() as stack:
@@ -150,6 +148,8 @@ def main() -> None:
         cluster = bench.cluster
         cluster.use_own_home("-month-turn")
         bench.prepare()
+        # About 30 journal lines per user before the run, so that every history page is full
+        # from the start and the pages do not grow during it (that would lower the rate too).
         bench.config = dataclasses.replace(config, events=30 * config.users)
         bench.seed_large()  # then VACUUM ANALYZE: the next months' partitions, empty, too
         # BENCH_AUTOVACUUM=off: nothing analyses the new partitions while the run lasts.
