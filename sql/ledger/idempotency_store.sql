@@ -19,6 +19,6 @@ BEGIN
                                          response_body, expires_at)
     VALUES (ctx.scope, idempotency_store.idempotency_key, idempotency_store.operation,
             idempotency_store.request_hash, idempotency_store.response_status, idempotency_store.response_body,
-            now() + COALESCE(NULLIF(current_setting('financeatp.idempotency_ttl', true), ''), '24 hours')::interval);
+            ledger.idempotency_expiry());
 END
 $$;

@@ -136,7 +136,7 @@ BEGIN
     INSERT INTO ledger.idempotency_keys (scope, key, operation, request_hash, response_status,
                                          response_body, expires_at)
     SELECT ctx.scope, post_journal.idempotency_key, post_journal.operation, post_journal.request_hash, 201, _body,
-           now() + COALESCE(NULLIF(current_setting('financeatp.idempotency_ttl', true), ''), '24 hours')::interval
+           ledger.idempotency_expiry()
      WHERE post_journal.idempotency_key IS NOT NULL;
     RETURN _body;
 END

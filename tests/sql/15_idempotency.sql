@@ -1,7 +1,7 @@
 -- Idempotency: replays, conflicts, scoping per API key (or database role), expiry, and which
 -- outcomes are stored (successes only).
 BEGIN;
-SELECT plan(52);
+SELECT plan(53);
 
 CREATE TEMP TABLE k (name text PRIMARY KEY, id uuid, key text, hash text);
 INSERT INTO k
@@ -227,6 +227,10 @@ SELECT * FROM api.mint('b0b00000-0000-4000-8000-000000000002', 1, idempotency_ke
 \g /dev/null
 SELECT is((SELECT expires_at FROM ledger.idempotency_keys WHERE key = '1d000000-0000-4000-8000-00000000000a'),
           now() + interval '90 minutes', 'financeatp.idempotency_ttl sets how long a response is kept');
+SELECT * FROM api.create_user('77170000-0000-4000-8000-000000000077', 'ttlcarol', 'ttlcarol@example.com',
+                              idempotency_key => '1d000000-0000-4000-8000-00000000000c') \g /dev/null
+SELECT is((SELECT expires_at FROM ledger.idempotency_keys WHERE key = '1d000000-0000-4000-8000-00000000000c'),
+          now() + interval '90 minutes', 'and so for writes that store their response apart from a journal');
 SET LOCAL financeatp.idempotency_ttl = '0';
 SELECT * FROM api.mint('b0b00000-0000-4000-8000-000000000002', 1, idempotency_key => '1d000000-0000-4000-8000-00000000000b')
 \g /dev/null
