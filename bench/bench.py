@@ -52,6 +52,10 @@ FRESH_RUNS = (
 )
 LARGE_RUNS = ("http_transfer_large", "http_history_large")
 ALL_RUNS = FRESH_RUNS + LARGE_RUNS
+# Not a goal and not in results.json's "runs": a request that reaches no database, so that the
+# server's CPU per request in the HTTP runs can be read against the server's own floor.
+REFERENCE_RUNS = ("http_healthz",)
+KNOWN_RUNS = ALL_RUNS + REFERENCE_RUNS
 
 DESCRIPTIONS = {
     "baseline": "pgbench: lock 2 rows, update 2 balances, insert 2 entries",
@@ -62,6 +66,7 @@ DESCRIPTIONS = {
     "http_history": "wrk: GET /users/{id}/history?limit=20",
     "http_transfer_large": "wrk: POST /transfers, large store",
     "http_history_large": "wrk: GET /users/{id}/history?limit=20, large store",
+    "http_healthz": "wrk: GET /healthz, no database (the server's floor)",
 }
 
 
@@ -99,9 +104,9 @@ class Config:
         only = [r.strip() for r in os.environ.get("BENCH_ONLY", "").split(",") if r.strip()]
         if os.environ.get("BENCH_LATENCY", "wrk").strip() not in ("", "wrk", "measured"):
             raise SystemExit("BENCH_LATENCY: wrk (default) or measured")
-        unknown = sorted(set(only) - set(ALL_RUNS))
+        unknown = sorted(set(only) - set(KNOWN_RUNS))
         if unknown:
-            raise SystemExit(f"BENCH_ONLY: unknown runs {unknown}; known: {', '.join(ALL_RUNS)}")
+            raise SystemExit(f"BENCH_ONLY: unknown runs {unknown}; known: {', '.join(KNOWN_RUNS)}")
         return cls(
             seconds=env_int("BENCH_SECONDS", 30),
             connections=env_int("BENCH_CONNECTIONS", 16),
@@ -112,7 +117,7 @@ class Config:
             wrk_threads=env_int("BENCH_WRK_THREADS", env_int("BENCH_CONNECTIONS", 16)),
             pgbench_jobs=env_int("BENCH_PGBENCH_JOBS", 2),
             warmup=env_int("BENCH_WARMUP", 3),
-            runs=tuple(r for r in ALL_RUNS if not only or r in only),
+            runs=tuple(r for r in KNOWN_RUNS if not only or r in only),
             latency=os.environ.get("BENCH_LATENCY", "wrk").strip() or "wrk",
             fsync_probe=env_int("BENCH_FSYNC_PROBE", 10),
             profile=os.environ.get("BENCH_PROFILE", "") not in ("", "0"),
@@ -122,7 +127,7 @@ class Config:
     @property
     def complete(self) -> bool:
         """Every run, unprofiled: only such a run updates results.json and the README."""
-        return self.runs == ALL_RUNS and not self.profile
+        return self.runs == KNOWN_RUNS and not self.profile
 
 
 @dataclass
@@ -962,7 +967,9 @@ class Bench:
                 "BENCH_USERS": str(OUT / "users.lua"),
                 "BENCH_API_KEY": self.key,
                 "BENCH_HOT": "1" if name == "http_transfer_hot" else "0",
-                "BENCH_READ": "balance" if name == "http_balance" else "history",
+                "BENCH_READ": {"http_balance": "balance", "http_healthz": "healthz"}.get(
+                    name, "history"
+                ),
             }
             script = "transfer.lua" if "transfer" in name else "read.lua"
 
@@ -1039,7 +1046,11 @@ class Bench:
         self.prepare()
         self.measure("baseline")
         self.measure("db_transfer")
-        http_fresh = [r for r in FRESH_RUNS if r.startswith("http_") and r in self.config.runs]
+        http_fresh = [
+            r
+            for r in FRESH_RUNS + REFERENCE_RUNS
+            if r.startswith("http_") and r in self.config.runs
+        ]
         if http_fresh:
             self.start_server()
             for name in http_fresh:
@@ -1058,11 +1069,12 @@ class Bench:
         base = self.results.get("baseline")
         header = "| run | rps | p50_ms | p99_ms | errors | ratio to baseline |"
         lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: |"]
-        for name in ALL_RUNS:
+        for name in KNOWN_RUNS:
             r = self.results.get(name)
             if r is None:
                 continue
-            ratio = f"{r.rps / base.rps:.2f}" if base and base.rps else "-"
+            # A reference run is no transfer: its rate against the baseline's would mean nothing.
+            ratio = f"{r.rps / base.rps:.2f}" if base and base.rps and name in ALL_RUNS else "-"
             lines.append(
                 f"| {name} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {ratio} |"
             )
@@ -1076,7 +1088,7 @@ class Bench:
             "| measured max_ms |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
-        for name in ALL_RUNS:
+        for name in KNOWN_RUNS:
             r = self.results.get(name)
             if r is None:
                 continue
@@ -1098,7 +1110,7 @@ class Bench:
             "| machine busy | iowait | server ms/req | postgres ms/req |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
-        for name in ALL_RUNS:
+        for name in KNOWN_RUNS:
             r = self.results.get(name)
             cpu = r.details.get("cpu") if r else None
             if r is None or not cpu:
@@ -1178,6 +1190,9 @@ class Bench:
                 name: self.results[name].public() for name in ALL_RUNS if name in self.results
             },
         }
+        reference = {n: self.results[n].public() for n in REFERENCE_RUNS if n in self.results}
+        if reference:
+            results["reference_runs"] = reference
         settings = (
             f"{self.config.seconds} s per run, {self.config.connections} connections, "
             f"{self.config.users} users, {self.config.workers} server workers, "
