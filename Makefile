@@ -99,8 +99,10 @@ bench: $(STAMP)
 	BENCH_SECONDS=$(BENCH_SECONDS) BENCH_CONNECTIONS=$(BENCH_CONNECTIONS) BENCH_EVENTS=$(BENCH_EVENTS) \
 	    PG_BINDIR=$(PG_BINDIR) $(PY) bench/bench.py
 
-# What each part of api.transfer costs in PostgreSQL CPU (bench/ablation.py): its own temporary
-# PostgreSQL and pgbench, no HTTP; not part of `make test`. Writes bench/out/ablation.md and .json.
+# What each part of api.transfer costs in PostgreSQL CPU, alone and cumulatively (bench/ablation.py):
+# its own temporary PostgreSQL and pgbench, no HTTP; not part of `make test`. BENCH_ABLATION_DURABLE=1
+# keeps synchronous_commit on (as make bench), BENCH_ABLATION_ONLY=a,b picks variants. Writes
+# bench/out/ablation.md and .json.
 BENCH_ABLATION_SECONDS ?= 8
 BENCH_ABLATION_CLIENTS ?= 2
 BENCH_ABLATION_ROUNDS ?= 3
