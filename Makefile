@@ -24,6 +24,7 @@ help:
 	@echo "make bench   throughput and latency against the machine's limit (bench/README.md)"
 	@echo "make bench-ablation  what each part of api.transfer costs in PostgreSQL CPU"
 	@echo "make bench-month-turn  transfers and history reads through midnight of a month's last day"
+	@echo "make backup-drill  pgBackRest backup, WAL archiving, restore to a timestamp, ledger verified"
 
 $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
@@ -123,3 +124,15 @@ bench-month-turn: $(STAMP)
 	    else echo "libfaketime is missing: install it (Debian: sudo apt-get install faketime)"; exit 1; fi; }
 	@command -v initdb >/dev/null || { echo "PostgreSQL server binaries not found (Debian: apt-get install postgresql-15)"; exit 1; }
 	BENCH_CONNECTIONS=$(BENCH_CONNECTIONS) PG_BINDIR=$(PG_BINDIR) $(PY) bench/month_turn.py
+
+# A pgBackRest full backup with WAL archiving, then a point-in-time restore onto a lost data
+# directory, verified against the ledger (bench/backup_drill.py): its own temporary PostgreSQL
+# and repository; not part of `make test`. Writes bench/out/backup_drill.json.
+.PHONY: backup-drill
+backup-drill: $(STAMP)
+	@command -v pgbackrest >/dev/null || { \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        apt-get install -y -qq pgbackrest >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq pgbackrest >/dev/null); \
+	    else echo "pgBackRest is missing: install it (Debian: sudo apt-get install pgbackrest)"; exit 1; fi; }
+	@command -v initdb >/dev/null || { echo "PostgreSQL server binaries not found (Debian: apt-get install postgresql-15)"; exit 1; }
+	PG_BINDIR=$(PG_BINDIR) $(PY) bench/backup_drill.py
