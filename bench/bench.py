@@ -350,6 +350,7 @@ class Server:
         self.max_rss_by_role: dict[str, int] = {}
         self._sampling = threading.Event()
         self._sampler: threading.Thread | None = None
+        self.split: list[int] = []
 
     def start(self) -> None:
         self.port = free_port()
@@ -387,7 +388,36 @@ class Server:
             return []
         return [self.proc.pid, *descendants(self.proc.pid)]
 
+    def connections_per_worker(self) -> list[int]:
+        """Established connections to the server's port held by each worker, most first: wrk's
+        keep-alive connections stay with the worker that accepted them for the whole run, and
+        the tail latency follows how they split (bench/README.md, fourth pass)."""
+        inodes: set[str] = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(OSError):
+                for line in Path(table).read_text().splitlines()[1:]:
+                    fields = line.split()
+                    local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                    if fields[3] == "01" and local_port == self.port:  # 01: ESTABLISHED
+                        inodes.add(fields[9])
+        counts = []
+        for pid in self.pids()[1:]:  # not the supervisor
+            with contextlib.suppress(OSError):
+                if b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    continue  # multiprocessing's helper, not a worker
+            held = 0
+            with contextlib.suppress(OSError):
+                for fd in Path(f"/proc/{pid}/fd").iterdir():
+                    with contextlib.suppress(OSError):
+                        target = os.readlink(fd)
+                        held += target.startswith("socket:[") and target[8:-1] in inodes
+            counts.append(held)
+        return sorted(counts, reverse=True)
+
     def sample(self) -> None:
+        split = self.connections_per_worker()
+        if sum(split) > 0:
+            self.split = split
         for pid in self.pids():
             rss = process_rss_kb(pid)
             self.max_rss_kb = max(self.max_rss_kb, rss)
@@ -397,6 +427,7 @@ class Server:
     @contextlib.contextmanager
     def sampling(self) -> Iterator[None]:
         self._sampling.clear()
+        self.split = []
 
         def loop() -> None:
             while not self._sampling.wait(0.5):
@@ -989,6 +1020,8 @@ class Bench:
         with sampling, self.profiler.run(name, self.server, config.seconds), meter.measure(usage):
             result = measure(config.seconds)
         result.details |= usage
+        if self.server is not None:
+            result.details["connections_per_worker"] = self.server.split
         self.load[name] = [round(x, 2) for x in (*load_before, *os.getloadavg())]
         result.details["load_before_after"] = self.load[name]
         self.results[name] = result
@@ -1085,8 +1118,8 @@ class Bench:
         measured ones (each request timed by the Lua script; pgbench's log is measured too)."""
         lines = [
             "| run | p50_ms | p99_ms | measured p50_ms | measured p90_ms | measured p99_ms "
-            "| measured max_ms |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| measured max_ms | connections per worker |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for name in KNOWN_RUNS:
             r = self.results.get(name)
@@ -1100,7 +1133,8 @@ class Bench:
             else:
                 measured = []
             cells = " | ".join(f"{v:.2f}" for v in measured) if measured else "- | - | - | -"
-            lines.append(f"| {name} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {cells} |")
+            split = "/".join(map(str, d.get("connections_per_worker") or [])) or "-"
+            lines.append(f"| {name} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {cells} | {split} |")
         return "\n".join(lines)
 
     def cpu_table(self) -> str:
