@@ -1285,7 +1285,8 @@ class Bench:
             self.cpu_table(),
         ]
         update_readme(date, results["machine"], settings, table, "\n".join(tables), goals, details)
-        print("\nwrote bench/results.json, bench/results.png and the table in bench/README.md")
+        update_main_readme(results, goals)
+        print("\nwrote bench/results.json, bench/results.png, bench/README.md and README.md")
 
     load_at_start: tuple[float, ...] = ()
 
@@ -1382,6 +1383,49 @@ def update_readme(
     before, rest = text.split(start, 1)
     after = rest.split(end, 1)[1]
     readme.write_text(before + block + after)
+
+
+def update_main_readme(results: dict[str, Any], goals: list[str]) -> None:
+    """The latest run's table, goals and chart in README.md ("Performance"), from what
+    results.json holds, so that the README shows the run that wrote results.json."""
+    readme = ROOT / "README.md"
+    start, end = "<!-- bench:latest:start -->", "<!-- bench:latest:end -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        say("README.md has no bench markers: the latest run not written there")
+        return
+    base = results["runs"].get("baseline", {}).get("rps") or 0
+    rows = [
+        (name, run, f"{run['rps'] / base:.2f}" if base and reference == "" else "-", reference)
+        for runs, reference in (
+            (results["runs"], ""),
+            (results.get("reference_runs", {}), "reference, not a goal: "),
+        )
+        for name, run in runs.items()
+    ]
+    block = "\n".join([
+        start,
+        f"Latest full run, written by `make bench` from `bench/results.json`: {results['date']}, "
+        f"{results['machine']}; largest server process {results['server_rss_mb']} MB; "
+        f"{results['events_in_large_store']:,} events in the large store (the runs are described "
+        "in [bench/README.md](bench/README.md#the-runs)).",
+        "",
+        "| run | rps | p50 ms | p99 ms | errors | ratio to baseline |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        *(f"| {prefix}`{name}` | {run['rps']:.0f} | {run['p50_ms']:.1f} | {run['p99_ms']:.1f} "
+          f"| {run['errors']} | {ratio} |" for name, run, ratio, prefix in rows),
+        "",
+        "Goals of issue 4, from this run:",
+        "",
+        "```",
+        *goals,
+        "```",
+        "",
+        "![requests per second of each run, with the ratio to the baseline](bench/results.png)",
+        end,
+    ])  # fmt: skip
+    before, rest = text.split(start, 1)
+    readme.write_text(before + block + rest.split(end, 1)[1])
 
 
 def main() -> None:
