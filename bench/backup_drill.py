@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from psycopg import sql
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench as harness
 
@@ -78,11 +80,13 @@ def pgbackrest_conf(cluster: harness.Cluster) -> Path:
         f"pg1-socket-path={home}\n"
         "pg1-user=postgres\n"
     )
-    for directory in ("repo", "pgbackrest-log", "pgbackrest-lock", "pgbackrest-spool"):
-        (home / directory).mkdir(exist_ok=True)
+    directories = [
+        home / d for d in ("repo", "pgbackrest-log", "pgbackrest-lock", "pgbackrest-spool")
+    ]
+    for directory in directories:
+        directory.mkdir(exist_ok=True)
     if cluster.account is not None:
-        for path in (conf, *(home / d for d in ("repo", "pgbackrest-log", "pgbackrest-lock",
-                                                 "pgbackrest-spool"))):  # fmt: skip
+        for path in (conf, *directories):
             os.chown(path, *cluster.account)
     return conf
 
@@ -99,8 +103,11 @@ def enable_archiving(cluster: harness.Cluster, conf: Path) -> None:
     command = f"pgbackrest --config={conf} --stanza={STANZA} archive-push %p"
     with cluster.connect() as conn:
         conn.execute("ALTER SYSTEM SET archive_mode = 'on'")
-        conn.execute(f"ALTER SYSTEM SET archive_command = '{command}'".encode())
-        conn.execute(f"ALTER SYSTEM SET unix_socket_directories = '{cluster.home}'".encode())
+        for name, value in (("archive_command", command),
+                            ("unix_socket_directories", str(cluster.home))):  # fmt: skip
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+            )
     port = cluster.port
     cluster.stop()
     cluster.start()
