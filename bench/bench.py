@@ -4,8 +4,8 @@ Starts a temporary PostgreSQL cluster (durable settings), migrates it with `make
 seeds the bench users, runs pgbench (baseline, api.transfer) and wrk (HTTP) against the
 server started as `python app.py serve`, then seeds a large store by a fast path, proves it
 with api.verify_projections() and measures again. Prints a table and writes
-bench/results.json, bench/results.png and the table in bench/README.md. bench/README.md
-describes every run and setting.
+bench/results.json, bench/results.png and the tables in bench/README.md and README.md.
+bench/README.md describes every run and setting.
 """
 
 from __future__ import annotations
