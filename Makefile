@@ -84,7 +84,8 @@ api-key: $(STAMP)
 	    --rate-limit "$(or $(RATE_LIMIT),1000)" $(if $(EXPIRES_AT),--expires-at "$(EXPIRES_AT)")
 
 # The benchmark (bench/README.md): its own temporary PostgreSQL, pgbench and wrk; not part of
-# `make test`. Writes bench/results.json, bench/results.png and the tables in bench/README.md and README.md.
+# `make test`. Writes bench/results.json, bench/results.png and the tables in bench/README.md
+# and README.md.
 BENCH_SECONDS ?= 30
 BENCH_CONNECTIONS ?= 16
 BENCH_EVENTS ?= 5000000
