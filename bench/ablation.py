@@ -65,7 +65,6 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "no_auth_idempotency_audit_check": ("auth", "idempotency", "audit", "balance_check"),
     "events_and_lines_only": ("auth", "idempotency", "audit", "balance_check", "projection"),
 }
-CUMULATIVE = tuple(name for name, parts in VARIANTS.items() if len(parts) > 1)
 PART_TEXT = {
     "projection": "trigger events_project (balances and snapshots do not move)",
     "balance_check": "trigger ledger_entries_balanced (journal balance check)",
