@@ -1337,6 +1337,29 @@ def chart(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def write_block(readme: Path, name: str, lines: list[str]) -> None:
+    """Replaces what lies between readme's <!-- bench:NAME:start/end --> markers by lines."""
+    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        say(f"{readme.relative_to(ROOT)} has no {name} markers: the run not written there")
+        return
+    before, rest = text.split(start, 1)
+    readme.write_text(before + "\n".join([start, *lines, end]) + rest.split(end, 1)[1])
+
+
+def goals_and_chart(goals: list[str], chart_path: str) -> list[str]:
+    return [
+        "Goals of issue 4, from this run:",
+        "",
+        "```",
+        *goals,
+        "```",
+        "",
+        f"![requests per second of each run, with the ratio to the baseline]({chart_path})",
+    ]
+
+
 def update_readme(
     date: str,
     machine_text: str,
@@ -1346,17 +1369,10 @@ def update_readme(
     goals: list[str],
     details: dict[str, Any],
 ) -> None:
-    readme = BENCH / "README.md"
-    start, end = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
-    text = readme.read_text()
-    if start not in text or end not in text:
-        say("bench/README.md has no results markers: table not written there")
-        return
     timings = details["timings_s"]
     load = details["load_average_before_after"]
     seeded = timings.get("seed large store")
-    block = "\n".join([
-        start,
+    write_block(BENCH / "README.md", "results", [
         f"Latest run: {date}, {machine_text}; {settings}.",
         "",
         table,
@@ -1371,29 +1387,13 @@ def update_readme(
         "",
         extra_tables,
         "",
-        "Goals of issue 4, from this run:",
-        "",
-        "```",
-        *goals,
-        "```",
-        "",
-        "![requests per second of each run, with the ratio to the baseline](results.png)",
-        end,
+        *goals_and_chart(goals, "results.png"),
     ])  # fmt: skip
-    before, rest = text.split(start, 1)
-    after = rest.split(end, 1)[1]
-    readme.write_text(before + block + after)
 
 
 def update_main_readme(results: dict[str, Any], goals: list[str]) -> None:
     """The latest run's table, goals and chart in README.md ("Performance"), from what
     results.json holds, so that the README shows the run that wrote results.json."""
-    readme = ROOT / "README.md"
-    start, end = "<!-- bench:latest:start -->", "<!-- bench:latest:end -->"
-    text = readme.read_text()
-    if start not in text or end not in text:
-        say("README.md has no bench markers: the latest run not written there")
-        return
     base = results["runs"].get("baseline", {}).get("rps") or 0
     rows = [
         (name, run, f"{run['rps'] / base:.2f}" if base and reference == "" else "-", reference)
@@ -1403,8 +1403,7 @@ def update_main_readme(results: dict[str, Any], goals: list[str]) -> None:
         )
         for name, run in runs.items()
     ]
-    block = "\n".join([
-        start,
+    write_block(ROOT / "README.md", "latest", [
         f"Latest full run, written by `make bench` from `bench/results.json`: {results['date']}, "
         f"{results['machine']}; largest server process {results['server_rss_mb']} MB; "
         f"{results['events_in_large_store']:,} events in the large store (the runs are described "
@@ -1415,17 +1414,8 @@ def update_main_readme(results: dict[str, Any], goals: list[str]) -> None:
         *(f"| {prefix}`{name}` | {run['rps']:.0f} | {run['p50_ms']:.1f} | {run['p99_ms']:.1f} "
           f"| {run['errors']} | {ratio} |" for name, run, ratio, prefix in rows),
         "",
-        "Goals of issue 4, from this run:",
-        "",
-        "```",
-        *goals,
-        "```",
-        "",
-        "![requests per second of each run, with the ratio to the baseline](bench/results.png)",
-        end,
+        *goals_and_chart(goals, "bench/results.png"),
     ])  # fmt: skip
-    before, rest = text.split(start, 1)
-    readme.write_text(before + block + rest.split(end, 1)[1])
 
 
 def main() -> None:
