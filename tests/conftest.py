@@ -97,7 +97,13 @@ def migrate(database_url: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    settings = {"postgres_args": "-h 127.0.0.1 -F -c logging_collector=off -c max_connections=200"}
+    # pg_stat_statements (every nested statement) and function counts: tests/test_write_path.py
+    # counts what one call of the write path executes.
+    settings = {
+        "postgres_args": "-h 127.0.0.1 -F -c logging_collector=off -c max_connections=200"
+        " -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
+        " -c track_functions=all"
+    }
     with Cluster(**settings) as pg:
         with psycopg.connect(url(pg, "postgres"), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {TEMPLATE}")

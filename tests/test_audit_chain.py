@@ -237,13 +237,18 @@ def test_forged_row_in_sealed_range_breaks_its_seal(
         "SELECT tx_id::text, id FROM ledger.audit_log ORDER BY tx_id, id LIMIT 1"
     ).fetchone()
     forged_id = count(dba, "SELECT max(id) + 1000 FROM ledger.audit_log")
-    # No trigger needs switching off: INSERT is allowed; the hash trigger even hashes it.
+    # No trigger needs switching off: INSERT is allowed, with a row hash that matches the row.
     dba.execute(
-        "INSERT INTO ledger.audit_log (id, tx_id, created_at, actor, action, resource_type,"
+        "WITH f AS (SELECT %s::bigint AS id, %s::xid8 AS tx_id, created_at, actor,"
+        "                  gen_random_uuid()::text AS resource_id,"
+        '                  \'{"amount": "5000.00000000"}\'::jsonb AS after_state'
+        "             FROM ledger.audit_log WHERE id = %s)"
+        " INSERT INTO ledger.audit_log (id, tx_id, created_at, actor, action, resource_type,"
         " resource_id, after_state, row_hash) OVERRIDING SYSTEM VALUE"
-        " SELECT %s, %s::xid8, created_at, actor, 'mint', 'mint', gen_random_uuid()::text,"
-        "        '{\"amount\": \"5000.00000000\"}', '\\x'"
-        "   FROM ledger.audit_log WHERE id = %s",
+        " SELECT id, tx_id, created_at, actor, 'mint', 'mint', resource_id, after_state,"
+        "        ledger.audit_hash(id, tx_id, created_at, actor, NULL, NULL, NULL, NULL, 'mint',"
+        "                          'mint', resource_id, NULL, after_state)"
+        "   FROM f",
         (forged_id, first_tx, first_id),
     )
     seal_no = covering_seal(dba, forged_id)

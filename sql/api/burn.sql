@@ -18,38 +18,88 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    _ctx ledger.request_context;
+    _c record;
     _hash text;
+    _problem text;
+    _row record;
+    _found integer := 0;  -- 1: the debit side is locked, 2: the credit side
+    _wallet record;
+    _issued record;
     _stored ledger.idempotency_keys;
-    _id uuid := ledger.uuid_v7();
+    _ctx ledger.request_context;
+    _id uuid;
+    _at timestamptz;
 BEGIN
-    _ctx := ledger.authorize(burn.api_key_hash, 'admin', burn.request_user_id,
-                             burn.correlation_id, burn.client_addr);
+    -- The same three statements as api.transfer: caller, locks, post.
+    SELECT * INTO _c FROM ledger.caller(burn.api_key_hash, 'admin', burn.idempotency_key, burn.correlation_id, true);
+    IF _c.refusal IS NOT NULL THEN
+        PERFORM ledger.refuse(_c.refusal, _c.actor, _c.key_name, 'admin', _c.rate_limit, _c.current_count,
+                              _c.previous_count, _c.elapsed);
+    END IF;
+    IF _c.api_key_id IS NOT NULL AND _c.stale_last_used THEN
+        PERFORM ledger.touch_api_key(_c.api_key_id);
+    END IF;
     _hash := COALESCE(burn.request_hash, ledger.fingerprint('burn', jsonb_build_object(
         'from_user_id', burn.from_user_id, 'amount', trim_scale(burn.amount), 'reason', burn.reason)));
-    _stored := ledger.idempotency_lookup(_ctx, burn.idempotency_key, 'burn', _hash);
-    IF _stored.key IS NOT NULL THEN
-        status := _stored.response_status;
-        body := _stored.response_body;
-        replayed := true;
-        RETURN;
-    END IF;
-
-    PERFORM ledger.check_amount(burn.amount);
-    IF length(burn.reason) > 500 THEN
+    _problem := ledger.amount_problem(burn.amount);
+    IF _problem IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = _problem;
+    ELSIF length(burn.reason) > 500 THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'reason is longer than 500 characters';
-    END IF;
-    IF burn.from_user_id IS NULL THEN
+    ELSIF burn.from_user_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'from_user_id is required';
     END IF;
+
     -- Retiring: the wallet and the issued-ATP account both shrink.
-    body := ledger.post_journal(
-        _ctx, _id, burn.from_user_id, 'user_wallet', '00000000-0000-0000-0000-000000000001', 'mint_source',
-        burn.amount, 'burn', 'burn', burn.reason,
-        'burn', jsonb_build_object(
-            'burn_id', _id, 'status', 'completed', 'from_user_id', burn.from_user_id,
-            'amount', burn.amount::numeric(21, 8)::text, 'reason', burn.reason),
-        'balance', 'issued', burn.idempotency_key, _hash);
+    FOR _row IN SELECT * FROM ledger.lock_pair(burn.from_user_id, 'user_wallet',
+                                               '00000000-0000-0000-0000-000000000001', 'mint_source',
+                                               _c.scope, burn.idempotency_key)
+    LOOP
+        IF _row.is_debit THEN
+            _wallet := _row;
+        ELSE
+            _issued := _row;
+        END IF;
+        _found := _found | CASE WHEN _row.is_debit THEN 1 ELSE 2 END;
+    END LOOP;
+    IF _found <> 3 THEN
+        _stored := ledger.idempotency_replay(_c.scope, burn.idempotency_key, 'burn', _hash);
+        IF _stored.key IS NOT NULL THEN
+            status := _stored.response_status;
+            body := _stored.response_body;
+            replayed := true;
+            RETURN;
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found', burn.from_user_id);
+    ELSIF _wallet.is_frozen THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4003', MESSAGE = format('the wallet of user %s is frozen', burn.from_user_id);
+    ELSIF _wallet.balance - _wallet.held < burn.amount OR _issued.balance < burn.amount THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4002',
+            MESSAGE = format('insufficient balance: user %s has %s ATP available, %s ATP needed', burn.from_user_id,
+                             (_wallet.balance - _wallet.held)::numeric(21, 8), burn.amount::numeric(21, 8));
+    END IF;
+
+    _id := ledger.uuid_v7();
+    _at := clock_timestamp();
+    body := jsonb_build_object(
+        'burn_id', _id, 'status', 'completed', 'from_user_id', burn.from_user_id,
+        'amount', burn.amount::numeric(21, 8)::text, 'reason', burn.reason, 'created_at', ledger.rfc3339(_at));
+    _ctx := ROW(_c.api_key_id, _c.actor, burn.request_user_id, burn.correlation_id, burn.client_addr, _c.scope);
+    status := ledger.post_journal(
+        ctx => _ctx, at => _at,
+        legs => ARRAY[ROW(_id, _wallet.account_id, _issued.account_id, burn.amount, 'burn', 'burn',
+                          burn.from_user_id, _issued.user_id, burn.reason, NULL)::ledger.posting_leg],
+        accounts => ARRAY[ROW(_wallet.account_id, _wallet.normal_side, _wallet.balance, _wallet.version, 0),
+                          ROW(_issued.account_id, _issued.normal_side, _issued.balance, _issued.version,
+                              0)]::ledger.account_state[],
+        action => 'burn', resource_type => 'burn', resource_id => _id::text,
+        before_state => jsonb_build_object('balance', _wallet.balance::numeric(21, 8)::text,
+                                           'issued', _issued.balance::numeric(21, 8)::text),
+        after_state => body || jsonb_build_object(
+            'balance', (_wallet.balance - burn.amount)::numeric(21, 8)::text,
+            'issued', (_issued.balance - burn.amount)::numeric(21, 8)::text),
+        idempotency_key => burn.idempotency_key, operation => 'burn', request_hash => _hash,
+        response_status => 201, response_body => body);
     status := 201;
     replayed := false;
 END
@@ -58,6 +108,7 @@ $$;
 REVOKE ALL ON FUNCTION api.burn(uuid, numeric, text, uuid, text, text, uuid, text, inet) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.burn(uuid, numeric, text, uuid, text, text, uuid, text, inet) TO atp_app, atp_dba;
 COMMENT ON FUNCTION api.burn(uuid, numeric, text, uuid, text, text, uuid, text, inet) IS
-'Retires amount ATP from a user''s wallet (debit the wallet, credit mint_source). Needs admin.
+'Retires amount ATP from a user''s wallet (debit the wallet, credit mint_source); the available balance (balance
+less what pending holds reserve) must cover it. Needs admin.
 Errors: L4001 invalid_request, L4002 insufficient_balance, L4003 account_frozen, L4041 user_not_found, L4091 idempotency_conflict.
 Returns (status 201, body, replayed). Example: SELECT * FROM api.burn(:alice, 10, ''refund reversal'');';

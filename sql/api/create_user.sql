@@ -24,6 +24,7 @@ DECLARE
     _stored ledger.idempotency_keys;
     _account uuid := ledger.uuid_v7();
     _body jsonb;
+    _at timestamptz;
 BEGIN
     _ctx := ledger.authorize(create_user.api_key_hash, 'write', create_user.request_user_id,
                              create_user.correlation_id, create_user.client_addr);
@@ -48,10 +49,11 @@ BEGIN
     END IF;
     PERFORM ledger.check_user_unique(create_user.user_id, create_user.username, create_user.email);
 
+    _at := clock_timestamp();
     BEGIN
-        INSERT INTO ledger.users (id, username, email, display_name)
+        INSERT INTO ledger.users (id, username, email, display_name, version)
         VALUES (create_user.user_id, create_user.username, create_user.email,
-                NULLIF(create_user.display_name, ''));
+                NULLIF(create_user.display_name, ''), 1);
     EXCEPTION WHEN unique_violation THEN
         -- Lost a race with a concurrent create of the same id, username or email.
         RAISE EXCEPTION USING ERRCODE = 'L4093',
@@ -59,15 +61,24 @@ BEGIN
     END;
     INSERT INTO ledger.accounts (id, user_id, is_system, account_type)
     VALUES (_account, create_user.user_id, false, 'user_wallet');
-    INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor,
-                               api_key_id, request_user_id, correlation_id)
-    VALUES ('user', create_user.user_id, 1, 'UserCreated',
-            jsonb_build_object('username', create_user.username, 'email', create_user.email,
-                               'display_name', NULLIF(create_user.display_name, '')),
-            _ctx.actor, _ctx.api_key_id, _ctx.request_user_id, _ctx.correlation_id),
-           ('account', _account, 1, 'AccountOpened',
-            jsonb_build_object('user_id', create_user.user_id, 'account_type', 'user_wallet'),
-            _ctx.actor, _ctx.api_key_id, _ctx.request_user_id, _ctx.correlation_id);
+    -- The user's and the wallet's first events, and the wallet's projection at version 1.
+    WITH appended AS (
+        INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor,
+                                   api_key_id, request_user_id, correlation_id, created_at)
+        VALUES ('user', create_user.user_id, 1, 'UserCreated',
+                jsonb_build_object('username', create_user.username, 'email', create_user.email,
+                                   'display_name', NULLIF(create_user.display_name, '')),
+                _ctx.actor, _ctx.api_key_id, _ctx.request_user_id, _ctx.correlation_id, _at),
+               ('account', _account, 1, 'AccountOpened',
+                jsonb_build_object('user_id', create_user.user_id, 'account_type', 'user_wallet'),
+                _ctx.actor, _ctx.api_key_id, _ctx.request_user_id, _ctx.correlation_id, _at)
+        RETURNING id, aggregate_type
+    )
+    INSERT INTO ledger.balances (account_id, normal_side, balance, is_frozen, is_closed, version, last_event_id,
+                                 updated_at)
+    SELECT _account, 'credit', 0, false, false, 1, a.id, _at
+      FROM appended a
+     WHERE a.aggregate_type = 'account';
 
     _body := ledger.user_json(create_user.user_id);
     PERFORM ledger.write_audit(_ctx, 'user.create', 'user', create_user.user_id::text, NULL, _body);

@@ -56,13 +56,12 @@ BEGIN
 
     _before := ledger.user_json(_user.id);
     _at := clock_timestamp();
-    UPDATE ledger.users SET deleted_at = _at, updated_at = _at WHERE id = _user.id;
+    UPDATE ledger.users SET deleted_at = _at, updated_at = _at, version = version + 1 WHERE id = _user.id;
     INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor,
                                api_key_id, request_user_id, correlation_id, created_at)
     VALUES ('user', _user.id, _user.version + 1, 'UserDeleted', '{}'::jsonb,
-            _ctx.actor, _ctx.api_key_id, _ctx.request_user_id, _ctx.correlation_id, _at),
-           ('account', _wallet.account_id, _wallet.version + 1, 'AccountClosed', '{}'::jsonb,
             _ctx.actor, _ctx.api_key_id, _ctx.request_user_id, _ctx.correlation_id, _at);
+    PERFORM ledger.append_account_event(_ctx, _wallet.account_id, 'AccountClosed', '{}'::jsonb, _at);
 
     _body := jsonb_build_object('user_id', _user.id, 'status', 'deleted', 'deleted_at', ledger.rfc3339(_at));
     PERFORM ledger.write_audit(_ctx, 'user.delete', 'user', _user.id::text, _before, _body);

@@ -18,38 +18,86 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    _ctx ledger.request_context;
+    _c record;
     _hash text;
+    _problem text;
+    _row record;
+    _found integer := 0;  -- 1: the debit side is locked, 2: the credit side
+    _issued record;
+    _wallet record;
     _stored ledger.idempotency_keys;
-    _id uuid := ledger.uuid_v7();
+    _ctx ledger.request_context;
+    _id uuid;
+    _at timestamptz;
 BEGIN
-    _ctx := ledger.authorize(mint.api_key_hash, 'admin', mint.request_user_id,
-                             mint.correlation_id, mint.client_addr);
+    -- The same three statements as api.transfer: caller, locks, post.
+    SELECT * INTO _c FROM ledger.caller(mint.api_key_hash, 'admin', mint.idempotency_key, mint.correlation_id, true);
+    IF _c.refusal IS NOT NULL THEN
+        PERFORM ledger.refuse(_c.refusal, _c.actor, _c.key_name, 'admin', _c.rate_limit, _c.current_count,
+                              _c.previous_count, _c.elapsed);
+    END IF;
+    IF _c.api_key_id IS NOT NULL AND _c.stale_last_used THEN
+        PERFORM ledger.touch_api_key(_c.api_key_id);
+    END IF;
     _hash := COALESCE(mint.request_hash, ledger.fingerprint('mint', jsonb_build_object(
         'to_user_id', mint.to_user_id, 'amount', trim_scale(mint.amount), 'reason', mint.reason)));
-    _stored := ledger.idempotency_lookup(_ctx, mint.idempotency_key, 'mint', _hash);
-    IF _stored.key IS NOT NULL THEN
-        status := _stored.response_status;
-        body := _stored.response_body;
-        replayed := true;
-        RETURN;
-    END IF;
-
-    PERFORM ledger.check_amount(mint.amount);
-    IF length(mint.reason) > 500 THEN
+    _problem := ledger.amount_problem(mint.amount);
+    IF _problem IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = _problem;
+    ELSIF length(mint.reason) > 500 THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'reason is longer than 500 characters';
-    END IF;
-    IF mint.to_user_id IS NULL THEN
+    ELSIF mint.to_user_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'to_user_id is required';
     END IF;
+
     -- Issuing: the issued-ATP account (debit-normal) and the wallet (credit-normal) both grow.
-    body := ledger.post_journal(
-        _ctx, _id, '00000000-0000-0000-0000-000000000001', 'mint_source', mint.to_user_id, 'user_wallet',
-        mint.amount, 'mint', 'mint', mint.reason,
-        'mint', jsonb_build_object(
-            'mint_id', _id, 'status', 'completed', 'to_user_id', mint.to_user_id,
-            'amount', mint.amount::numeric(21, 8)::text, 'reason', mint.reason),
-        'issued', 'balance', mint.idempotency_key, _hash);
+    FOR _row IN SELECT * FROM ledger.lock_pair('00000000-0000-0000-0000-000000000001', 'mint_source',
+                                               mint.to_user_id, 'user_wallet', _c.scope, mint.idempotency_key)
+    LOOP
+        IF _row.is_debit THEN
+            _issued := _row;
+        ELSE
+            _wallet := _row;
+        END IF;
+        _found := _found | CASE WHEN _row.is_debit THEN 1 ELSE 2 END;
+    END LOOP;
+    IF _found <> 3 THEN
+        _stored := ledger.idempotency_replay(_c.scope, mint.idempotency_key, 'mint', _hash);
+        IF _stored.key IS NOT NULL THEN
+            status := _stored.response_status;
+            body := _stored.response_body;
+            replayed := true;
+            RETURN;
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found', mint.to_user_id);
+    ELSIF _wallet.is_frozen THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4003', MESSAGE = format('the wallet of user %s is frozen', mint.to_user_id);
+    ELSIF greatest(_issued.balance, _wallet.balance) + mint.amount > 1000000000000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4004',
+            MESSAGE = 'this would take a balance above the limit of 1000000000000 ATP';
+    END IF;
+
+    _id := ledger.uuid_v7();
+    _at := clock_timestamp();
+    body := jsonb_build_object(
+        'mint_id', _id, 'status', 'completed', 'to_user_id', mint.to_user_id,
+        'amount', mint.amount::numeric(21, 8)::text, 'reason', mint.reason, 'created_at', ledger.rfc3339(_at));
+    _ctx := ROW(_c.api_key_id, _c.actor, mint.request_user_id, mint.correlation_id, mint.client_addr, _c.scope);
+    status := ledger.post_journal(
+        ctx => _ctx, at => _at,
+        legs => ARRAY[ROW(_id, _issued.account_id, _wallet.account_id, mint.amount, 'mint', 'mint',
+                          _issued.user_id, mint.to_user_id, mint.reason, NULL)::ledger.posting_leg],
+        accounts => ARRAY[ROW(_issued.account_id, _issued.normal_side, _issued.balance, _issued.version, 0),
+                          ROW(_wallet.account_id, _wallet.normal_side, _wallet.balance, _wallet.version,
+                              0)]::ledger.account_state[],
+        action => 'mint', resource_type => 'mint', resource_id => _id::text,
+        before_state => jsonb_build_object('issued', _issued.balance::numeric(21, 8)::text,
+                                           'balance', _wallet.balance::numeric(21, 8)::text),
+        after_state => body || jsonb_build_object(
+            'issued', (_issued.balance + mint.amount)::numeric(21, 8)::text,
+            'balance', (_wallet.balance + mint.amount)::numeric(21, 8)::text),
+        idempotency_key => mint.idempotency_key, operation => 'mint', request_hash => _hash,
+        response_status => 201, response_body => body);
     status := 201;
     replayed := false;
 END

@@ -19,13 +19,30 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    _ctx ledger.request_context;
+    _c record;
     _hash text;
+    _problem text;
+    _row record;
+    _found integer := 0;  -- 1: the debit side is locked, 2: the credit side
+    _debit record;
+    _credit record;
     _stored ledger.idempotency_keys;
-    _id uuid := ledger.uuid_v7();
+    _ctx ledger.request_context;
+    _id uuid;
+    _at timestamptz;
+    _debit_after numeric;
+    _credit_after numeric;
 BEGIN
-    _ctx := ledger.authorize(transfer.api_key_hash, 'write', transfer.request_user_id,
-                             transfer.correlation_id, transfer.client_addr);
+    -- Statement 1: who is calling, the rate limit, and the idempotency key's lock.
+    SELECT * INTO _c FROM ledger.caller(transfer.api_key_hash, 'write', transfer.idempotency_key,
+                                        transfer.correlation_id, true);
+    IF _c.refusal IS NOT NULL THEN
+        PERFORM ledger.refuse(_c.refusal, _c.actor, _c.key_name, 'write', _c.rate_limit, _c.current_count,
+                              _c.previous_count, _c.elapsed);
+    END IF;
+    IF _c.api_key_id IS NOT NULL AND _c.stale_last_used THEN
+        PERFORM ledger.touch_api_key(_c.api_key_id);
+    END IF;
     IF transfer.request_user_id IS DISTINCT FROM transfer.from_user_id THEN
         RAISE EXCEPTION USING ERRCODE = 'L4032',
             MESSAGE = 'the acting user (request_user_id) must be the sender (from_user_id)';
@@ -33,19 +50,12 @@ BEGIN
     _hash := COALESCE(transfer.request_hash, ledger.fingerprint('transfer', jsonb_build_object(
         'from_user_id', transfer.from_user_id, 'to_user_id', transfer.to_user_id,
         'amount', trim_scale(transfer.amount), 'memo', transfer.memo)));
-    _stored := ledger.idempotency_lookup(_ctx, transfer.idempotency_key, 'transfer', _hash);
-    IF _stored.key IS NOT NULL THEN
-        status := _stored.response_status;
-        body := _stored.response_body;
-        replayed := true;
-        RETURN;
-    END IF;
-
-    PERFORM ledger.check_amount(transfer.amount);
-    IF length(transfer.memo) > 500 THEN
+    _problem := ledger.amount_problem(transfer.amount);
+    IF _problem IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = _problem;
+    ELSIF length(transfer.memo) > 500 THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'memo is longer than 500 characters';
-    END IF;
-    IF transfer.from_user_id IS NULL THEN
+    ELSIF transfer.from_user_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'from_user_id is required';
     ELSIF transfer.to_user_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'to_user_id is required';
@@ -53,14 +63,66 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'a transfer needs two different users';
     END IF;
 
-    body := ledger.post_journal(
-        _ctx, _id, transfer.from_user_id, 'user_wallet', transfer.to_user_id, 'user_wallet',
-        transfer.amount, 'transfer_out', 'transfer_in', transfer.memo,
-        'transfer', jsonb_build_object(
-            'transfer_id', _id, 'status', 'completed', 'from_user_id', transfer.from_user_id,
-            'to_user_id', transfer.to_user_id, 'amount', transfer.amount::numeric(21, 8)::text,
-            'memo', transfer.memo),
-        'from_balance', 'to_balance', transfer.idempotency_key, _hash);
+    -- Statement 2: both wallets, locked in id order, unless a response is stored under the key.
+    FOR _row IN SELECT * FROM ledger.lock_pair(transfer.from_user_id, 'user_wallet', transfer.to_user_id,
+                                               'user_wallet', _c.scope, transfer.idempotency_key)
+    LOOP
+        IF _row.is_debit THEN
+            _debit := _row;
+        ELSE
+            _credit := _row;
+        END IF;
+        _found := _found | CASE WHEN _row.is_debit THEN 1 ELSE 2 END;
+    END LOOP;
+    IF _found <> 3 THEN
+        _stored := ledger.idempotency_replay(_c.scope, transfer.idempotency_key, 'transfer', _hash);
+        IF _stored.key IS NOT NULL THEN
+            status := _stored.response_status;
+            body := _stored.response_body;
+            replayed := true;
+            RETURN;
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found',
+            CASE WHEN _found & 1 = 0 THEN transfer.from_user_id ELSE transfer.to_user_id END);
+    ELSIF _debit.is_frozen OR _credit.is_frozen THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4003', MESSAGE = format('the wallet of user %s is frozen',
+            CASE WHEN _debit.is_frozen THEN _debit.user_id ELSE _credit.user_id END);
+    END IF;
+    _debit_after := _debit.balance - transfer.amount;
+    _credit_after := _credit.balance + transfer.amount;
+    IF _debit_after < _debit.held THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4002',
+            MESSAGE = format('insufficient balance: user %s has %s ATP available, %s ATP needed', _debit.user_id,
+                             (_debit.balance - _debit.held)::numeric(21, 8), transfer.amount::numeric(21, 8));
+    ELSIF _credit_after > 1000000000000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4004',
+            MESSAGE = 'this would take a balance above the limit of 1000000000000 ATP';
+    END IF;
+
+    -- Statement 3: events, journal lines, balances, snapshots, audit row, stored response.
+    _id := ledger.uuid_v7();
+    _at := clock_timestamp();  -- after the locks, so that event times and versions agree per account
+    body := jsonb_build_object(
+        'transfer_id', _id, 'status', 'completed', 'from_user_id', transfer.from_user_id,
+        'to_user_id', transfer.to_user_id, 'amount', transfer.amount::numeric(21, 8)::text,
+        'memo', transfer.memo, 'created_at', ledger.rfc3339(_at));
+    _ctx := ROW(_c.api_key_id, _c.actor, transfer.request_user_id, transfer.correlation_id, transfer.client_addr,
+                _c.scope);
+    status := ledger.post_journal(
+        ctx => _ctx, at => _at,
+        legs => ARRAY[ROW(_id, _debit.account_id, _credit.account_id, transfer.amount, 'transfer_out',
+                          'transfer_in', transfer.from_user_id, transfer.to_user_id, transfer.memo,
+                          NULL)::ledger.posting_leg],
+        accounts => ARRAY[ROW(_debit.account_id, _debit.normal_side, _debit.balance, _debit.version, 0),
+                          ROW(_credit.account_id, _credit.normal_side, _credit.balance, _credit.version,
+                              0)]::ledger.account_state[],
+        action => 'transfer', resource_type => 'transfer', resource_id => _id::text,
+        before_state => jsonb_build_object('from_balance', _debit.balance::numeric(21, 8)::text,
+                                           'to_balance', _credit.balance::numeric(21, 8)::text),
+        after_state => body || jsonb_build_object('from_balance', _debit_after::numeric(21, 8)::text,
+                                                  'to_balance', _credit_after::numeric(21, 8)::text),
+        idempotency_key => transfer.idempotency_key, operation => 'transfer', request_hash => _hash,
+        response_status => 201, response_body => body);
     status := 201;
     replayed := false;
 END
@@ -70,7 +132,8 @@ REVOKE ALL ON FUNCTION api.transfer(uuid, uuid, numeric, text, uuid, text, text,
 GRANT EXECUTE ON FUNCTION api.transfer(uuid, uuid, numeric, text, uuid, text, text, uuid, text, inet)
     TO atp_app, atp_dba;
 COMMENT ON FUNCTION api.transfer(uuid, uuid, numeric, text, uuid, text, text, uuid, text, inet) IS
-'Moves amount ATP from one user''s wallet to another''s. The acting user (request_user_id) must be the sender. Needs write.
+'Moves amount ATP from one user''s wallet to another''s. The acting user (request_user_id) must be the sender, and
+the sender''s available balance (balance less what pending holds reserve) must cover the amount. Needs write.
 Errors: L4001 invalid_request, L4002 insufficient_balance, L4003 account_frozen, L4004 balance_limit_exceeded,
 L4032 unauthorized_transfer, L4041 user_not_found, L4091 idempotency_conflict.
 Returns (status 201, body, replayed). Example:

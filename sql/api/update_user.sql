@@ -71,7 +71,8 @@ BEGIN
                email = COALESCE(update_user.email, email),
                display_name = CASE WHEN update_user.display_name IS NULL THEN display_name
                                    ELSE NULLIF(update_user.display_name, '') END,
-               updated_at = clock_timestamp()
+               updated_at = clock_timestamp(),
+               version = version + 1
          WHERE id = _user.id;
     EXCEPTION WHEN unique_violation THEN
         RAISE EXCEPTION USING ERRCODE = 'L4093',

@@ -27,12 +27,9 @@ BEGIN
     END IF;
     _before := ledger.user_json(set_frozen.user_id);
     IF _wallet.is_frozen <> set_frozen.frozen THEN
-        INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor,
-                                   api_key_id, request_user_id, correlation_id)
-        VALUES ('account', _wallet.account_id, _wallet.version + 1,
-                CASE WHEN set_frozen.frozen THEN 'AccountFrozen' ELSE 'AccountUnfrozen' END,
-                jsonb_build_object('reason', set_frozen.reason),
-                ctx.actor, ctx.api_key_id, ctx.request_user_id, ctx.correlation_id);
+        PERFORM ledger.append_account_event(ctx, _wallet.account_id,
+            CASE WHEN set_frozen.frozen THEN 'AccountFrozen' ELSE 'AccountUnfrozen' END,
+            jsonb_build_object('reason', set_frozen.reason), clock_timestamp());
     END IF;
     _body := ledger.user_json(set_frozen.user_id);
     IF _wallet.is_frozen <> set_frozen.frozen THEN

@@ -50,7 +50,7 @@ SELECT is(api.cleanup_rate_limits(correlation_id => 'dba-14-cleanup_rate_limits'
           'a DBA may call cleanup_rate_limits without a key (the revoked key''s buckets go)');
 SELECT is(api.run_maintenance() -> 'idempotency_keys_expired', '0'::jsonb, 'a DBA may call run_maintenance without a key');
 SELECT is(api.describe_api_key(encode(sha256('no such key'::bytea), 'hex')), NULL, 'a DBA may call describe_api_key without a key');
-SELECT is((SELECT count(*)::int FROM api.error_codes()), 16, 'a DBA may call error_codes without a key');
+SELECT lives_ok($$SELECT * FROM api.error_codes()$$, 'a DBA may call error_codes without a key');
 SELECT throws_ok($$SELECT api.authenticate(NULL)$$, 'L4011', NULL,
                  'authenticate checks API keys only: a keyless call has nothing to authenticate');
 RESET ROLE;

@@ -120,42 +120,43 @@ SELECT is((SELECT count(*)::int FROM ledger.audit_log WHERE action = 'projection
           'the rebuild left an audit row');
 
 -- ---------------------------------------------------------------------------------------
--- Versions: an account or user event is accepted only at version current + 1.
+-- Versions: the api functions advance an aggregate by exactly one under its row lock (by
+-- construction; no trigger). An event written around them by the owner is found by
+-- api.verify_projections, and the attack is then rolled back.
 -- ---------------------------------------------------------------------------------------
+SELECT is(api.verify_projections() -> 'version_gaps', '[]'::jsonb, 'the api functions left no version gap');
+SAVEPOINT attack;
 SET LOCAL ROLE atp_owner;
-SELECT throws_ok($$INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor)
-                   VALUES ('account', current_setting('tap.wa')::uuid,
-                           pg_temp.next_version(current_setting('tap.wa')::uuid) + 1, 'AccountFrozen', '{}', 'test')$$,
-                 'L4092', NULL, 'an account event that skips a version is refused');
-SELECT throws_ok($$INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor)
-                   VALUES ('account', current_setting('tap.wa')::uuid,
-                           pg_temp.next_version(current_setting('tap.wa')::uuid) - 1, 'AccountFrozen', '{}', 'test')$$,
-                 'L4092', NULL, 'an account event that repeats the current version is refused');
-SELECT throws_ok($$INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor)
-                   VALUES ('account', current_setting('tap.wa')::uuid,
-                           pg_temp.next_version(current_setting('tap.wa')::uuid), 'AccountFrozen', '{}', 'test'),
-                          ('account', current_setting('tap.wa')::uuid,
-                           pg_temp.next_version(current_setting('tap.wa')::uuid), 'AccountUnfrozen', '{}', 'test')$$,
-                 'L4092', NULL, 'two events of one account with the same version are refused');
-SELECT throws_ok($$INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor)
-                   VALUES ('account', current_setting('tap.wa')::uuid, 1, 'AccountOpened', '{}', 'test')$$,
-                 'L4092', NULL, 'an account cannot be opened twice');
-SELECT throws_ok($$INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor)
-                   SELECT 'user', id, version + 2, 'UserUpdated', '{}', 'test'
-                     FROM ledger.users WHERE id = current_setting('tap.a')::uuid$$,
-                 'L4092', NULL, 'a user event that skips a version is refused');
-SELECT throws_ok($$INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor)
-                   SELECT 'user', id, version, 'UserUpdated', '{}', 'test'
-                     FROM ledger.users WHERE id = current_setting('tap.a')::uuid$$,
-                 'L4092', NULL, 'a user event that repeats the current version is refused');
-SELECT lives_ok($$INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor)
-                  VALUES ('account', current_setting('tap.wa')::uuid,
-                          pg_temp.next_version(current_setting('tap.wa')::uuid), 'AccountFrozen', '{}', 'test'),
-                         ('account', current_setting('tap.wa')::uuid,
-                          pg_temp.next_version(current_setting('tap.wa')::uuid) + 1, 'AccountUnfrozen', '{}', 'test')$$,
-                'versions current + 1 and + 2 in one statement are accepted');
+INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor)
+VALUES ('account', current_setting('tap.wa')::uuid, pg_temp.next_version(current_setting('tap.wa')::uuid) + 1,
+        'AccountFrozen', '{}', 'test');
 RESET ROLE;
-SELECT is(api.verify_projections() -> 'version_gaps', '[]'::jsonb, 'no account has a version gap');
+SELECT is(ARRAY(SELECT g ->> 'account_id' FROM jsonb_array_elements(api.verify_projections() -> 'version_gaps') g),
+          ARRAY[current_setting('tap.wa')], 'an account event that skips a version is found');
+SELECT is(ARRAY(SELECT m ->> 'account_id' FROM jsonb_array_elements(api.verify_projections() -> 'projection_mismatches') m),
+          ARRAY[current_setting('tap.wa')], 'and so is the projection that it did not move');
+ROLLBACK TO SAVEPOINT attack;
+SET LOCAL ROLE atp_owner;
+INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor)
+VALUES ('account', current_setting('tap.wa')::uuid, pg_temp.next_version(current_setting('tap.wa')::uuid) - 1,
+        'AccountFrozen', '{}', 'test');
+RESET ROLE;
+SELECT is(ARRAY(SELECT g ->> 'account_id' FROM jsonb_array_elements(api.verify_projections() -> 'version_gaps') g),
+          ARRAY[current_setting('tap.wa')], 'an account event that repeats the current version is found');
+SELECT is(api.verify_projections() ->> 'ok', 'false', 'and the books do not verify');
+ROLLBACK TO SAVEPOINT attack;
+SELECT is(api.verify_projections() ->> 'ok', 'true', 'without the attacks the books verify again');
+-- The tables are the owner's alone: neither the app nor a DBA can write an event at all.
+SET LOCAL ROLE atp_app;
+SELECT throws_ok($$INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor)
+                   VALUES ('account', current_setting('tap.wa')::uuid, 1, 'AccountFrozen', '{}', 'test')$$,
+                 '42501', NULL, 'the app role cannot write an event around the functions');
+RESET ROLE;
+SET LOCAL ROLE atp_dba;
+SELECT throws_ok($$INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor)
+                   VALUES ('account', current_setting('tap.wa')::uuid, 1, 'AccountFrozen', '{}', 'test')$$,
+                 '42501', NULL, 'a DBA cannot write an event around the functions');
+RESET ROLE;
 
 -- ---------------------------------------------------------------------------------------
 -- 2. No balance below 0 or above 10^12, even written by hand.
@@ -169,52 +170,63 @@ SELECT throws_ok($$UPDATE ledger.balances SET balance = 1000000000000.00000001 W
                  '23514', NULL, 'a balance of 10^12 + 0.00000001 violates the CHECK');
 SELECT lives_ok($$UPDATE ledger.balances SET balance = 1000000000000 WHERE account_id = current_setting('tap.wd')::uuid$$,
                 'a balance of exactly 10^12 fits');
+SELECT throws_ok($$UPDATE ledger.balances SET held = balance + 1 WHERE account_id = current_setting('tap.wd')::uuid$$,
+                 '23514', NULL, 'no account can reserve more than it holds');
 UPDATE ledger.balances SET balance = 0 WHERE account_id = current_setting('tap.wd')::uuid;
--- A hand-written, balanced pair of events that would overdraw wallet a.
-SELECT throws_ok($$INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor)
-                   VALUES ('account', current_setting('tap.wa')::uuid, pg_temp.next_version(current_setting('tap.wa')::uuid),
-                           'AccountDebited', jsonb_build_object('journal_id', '0190aaaa-0000-7000-8000-0000000000f0', 'amount', '707.37500001',
-                                                                'kind', 'transfer_out'), 'test'),
-                          ('account', current_setting('tap.wd')::uuid, pg_temp.next_version(current_setting('tap.wd')::uuid),
-                           'AccountCredited', jsonb_build_object('journal_id', '0190aaaa-0000-7000-8000-0000000000f0', 'amount', '707.37500001',
-                                                                 'kind', 'transfer_in'), 'test')$$,
-                 '23514', NULL, 'an AccountDebited event written by hand that would overdraw is refused');
--- And one that would take a wallet above 10^12 (the issuer's account would follow it).
-SELECT throws_ok($$INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor)
-                   VALUES ('account', '00000000-0000-0000-0000-000000000101',
-                           pg_temp.next_version('00000000-0000-0000-0000-000000000101'),
-                           'AccountDebited', '{"journal_id": "0190aaaa-0000-7000-8000-0000000000f1", "amount": "999999999999.99999999", "kind": "mint"}', 'test'),
-                          ('account', current_setting('tap.wa')::uuid, pg_temp.next_version(current_setting('tap.wa')::uuid),
-                           'AccountCredited', '{"journal_id": "0190aaaa-0000-7000-8000-0000000000f1", "amount": "999999999999.99999999", "kind": "mint"}', 'test')$$,
-                 '23514', NULL, 'an AccountCredited event written by hand that would pass 10^12 is refused');
 RESET ROLE;
+-- A hand-written, balanced pair of events that would overdraw wallet a: the table takes them
+-- from the owner, the projection does not move, and the verifier names both accounts.
+SAVEPOINT attack;
+SET LOCAL ROLE atp_owner;
+INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor)
+VALUES ('account', current_setting('tap.wa')::uuid, pg_temp.next_version(current_setting('tap.wa')::uuid),
+        'AccountDebited', jsonb_build_object('journal_id', '0190aaaa-0000-7000-8000-0000000000f0', 'amount', '707.37500001',
+                                             'kind', 'transfer_out'), 'test'),
+       ('account', current_setting('tap.wd')::uuid, pg_temp.next_version(current_setting('tap.wd')::uuid),
+        'AccountCredited', jsonb_build_object('journal_id', '0190aaaa-0000-7000-8000-0000000000f0', 'amount', '707.37500001',
+                                              'kind', 'transfer_in'), 'test');
+RESET ROLE;
+SELECT is(ARRAY(SELECT m ->> 'account_id' FROM jsonb_array_elements(api.verify_projections() -> 'projection_mismatches') m
+                 ORDER BY 1),
+          ARRAY(SELECT unnest(ARRAY[current_setting('tap.wa'), current_setting('tap.wd')]) ORDER BY 1),
+          'events written by hand that would overdraw are found by api.verify_projections');
+SELECT is((SELECT (m -> 'replayed' ->> 'balance')::numeric FROM jsonb_array_elements(api.verify_projections() -> 'projection_mismatches') m
+            WHERE m ->> 'account_id' = current_setting('tap.wa')),
+          -0.00000001, 'which shows the negative replayed balance');
+ROLLBACK TO SAVEPOINT attack;
 SELECT throws_ok($$SELECT * FROM api.mint(current_setting('tap.d')::uuid, 1000000000000)$$,
                  'L4004', NULL, 'api.mint refuses to take the issued total above 10^12');
-SELECT is(pg_temp.wallet_bal('a'), 707.375, 'the refused events changed nothing');
+SELECT is(pg_temp.wallet_bal('a'), 707.375, 'the refused calls changed nothing');
 
 -- ---------------------------------------------------------------------------------------
--- 1. Every journal balances: journal lines written by hand must balance per journal.
+-- 1. Every journal balances: the functions write both lines of a journal from one amount, in
+-- one statement (by construction); lines written by hand are found by the verifier.
 -- ---------------------------------------------------------------------------------------
 SELECT is(ARRAY(SELECT journal_id::text FROM ledger.ledger_entries GROUP BY journal_id
                 HAVING sum(amount) FILTER (WHERE side = 'debit') IS DISTINCT FROM sum(amount) FILTER (WHERE side = 'credit')),
           '{}'::text[], 'every journal the api wrote balances');
+SAVEPOINT attack;
 SET LOCAL ROLE atp_owner;
-SELECT throws_ok($$INSERT INTO ledger.ledger_entries (journal_id, event_id, account_id, side, amount, balance_after, kind, created_at)
-                   VALUES (gen_random_uuid(), 0, current_setting('tap.wa')::uuid, 'credit', 5, 712.375, 'mint', now())$$,
-                 'L4005', NULL, 'one unbalanced journal line is refused');
-SELECT throws_ok($$INSERT INTO ledger.ledger_entries (journal_id, event_id, account_id, side, amount, balance_after, kind, created_at)
-                   VALUES ('0190aaaa-0000-7000-8000-0000000000f2', 0, '00000000-0000-0000-0000-000000000101', 'debit', 5, 1, 'mint', now()),
-                          ('0190aaaa-0000-7000-8000-0000000000f2', 0, current_setting('tap.wa')::uuid, 'credit', 4.99999999, 1, 'mint', now())$$,
-                 'L4005', NULL, 'a pair that is off by 0.00000001 is refused');
-SELECT throws_ok($$INSERT INTO ledger.ledger_entries (journal_id, event_id, account_id, side, amount, balance_after, kind, created_at)
-                   VALUES ('0190aaaa-0000-7000-8000-0000000000f3', 0, '00000000-0000-0000-0000-000000000101', 'debit', 5, 1, 'mint', now()),
-                          ('0190aaaa-0000-7000-8000-0000000000f4', 0, current_setting('tap.wa')::uuid, 'credit', 5, 1, 'mint', now())$$,
-                 'L4005', NULL, 'lines that balance only across two journals are refused');
-SELECT lives_ok($$INSERT INTO ledger.ledger_entries (journal_id, event_id, account_id, side, amount, balance_after, kind, created_at)
-                  VALUES ('0190aaaa-0000-7000-8000-0000000000f5', 0, '00000000-0000-0000-0000-000000000101', 'debit', 5, 1, 'mint', now()),
-                         ('0190aaaa-0000-7000-8000-0000000000f5', 0, current_setting('tap.wa')::uuid, 'credit', 5, 1, 'mint', now())$$,
-                'a balanced pair passes the journal check');
+INSERT INTO ledger.ledger_entries (journal_id, event_id, account_id, side, amount, balance_after, kind, created_at)
+VALUES ('0190aaaa-0000-7000-8000-0000000000f6', 0, current_setting('tap.wa')::uuid, 'credit', 5, 712.375, 'mint', now()),
+       ('0190aaaa-0000-7000-8000-0000000000f2', 0, '00000000-0000-0000-0000-000000000101', 'debit', 5, 1, 'mint', now()),
+       ('0190aaaa-0000-7000-8000-0000000000f2', 0, current_setting('tap.wa')::uuid, 'credit', 4.99999999, 1, 'mint', now()),
+       ('0190aaaa-0000-7000-8000-0000000000f3', 0, '00000000-0000-0000-0000-000000000101', 'debit', 5, 1, 'mint', now()),
+       ('0190aaaa-0000-7000-8000-0000000000f4', 0, current_setting('tap.wa')::uuid, 'credit', 5, 1, 'mint', now());
 RESET ROLE;
+SELECT is(ARRAY(SELECT j ->> 'journal_id' FROM jsonb_array_elements(api.verify_projections() -> 'unbalanced_journals') j
+                 ORDER BY 1),
+          ARRAY['0190aaaa-0000-7000-8000-0000000000f2', '0190aaaa-0000-7000-8000-0000000000f3',
+                '0190aaaa-0000-7000-8000-0000000000f4', '0190aaaa-0000-7000-8000-0000000000f6'],
+          'a lone line, a pair off by 0.00000001 and lines that balance only across two journals are all found');
+SELECT is(api.verify_projections() ->> 'ok', 'false', 'and the books do not verify');
+ROLLBACK TO SAVEPOINT attack;
+SET LOCAL ROLE atp_owner;
+INSERT INTO ledger.ledger_entries (journal_id, event_id, account_id, side, amount, balance_after, kind, created_at)
+VALUES ('0190aaaa-0000-7000-8000-0000000000f5', 0, '00000000-0000-0000-0000-000000000101', 'debit', 5, 1, 'mint', now()),
+       ('0190aaaa-0000-7000-8000-0000000000f5', 0, current_setting('tap.wa')::uuid, 'credit', 5, 1, 'mint', now());
+RESET ROLE;
+SELECT is(api.verify_projections() -> 'unbalanced_journals', '[]'::jsonb, 'a balanced pair written by hand balances');
 -- Balanced, but written around the events: the verifier sees the journal no longer matches.
 SELECT is(ARRAY(SELECT m ->> 'account_id' FROM jsonb_array_elements(api.verify_projections() -> 'entry_mismatches') m ORDER BY 1),
           ARRAY(SELECT unnest(ARRAY['00000000-0000-0000-0000-000000000101', current_setting('tap.wa')]) ORDER BY 1),

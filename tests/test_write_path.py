@@ -1,0 +1,97 @@
+"""The shape of the write path, counted on one call: transfer, mint and burn run one PL/pgSQL
+body (the api function), at most three nested SQL statements, one other function call (the
+shared posting, ledger.post_journal) and no trigger. pg_stat_statements (track = all) counts the
+statements, pg_stat_xact_user_functions the calls of PL/pgSQL and SQL functions that were not
+inlined, trigger functions included."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+MAX_NESTED_STATEMENTS = 3
+
+
+def create_user(dba: psycopg.Connection) -> str:
+    user_id = str(uuid.uuid4())
+    name = "u" + user_id[:8]
+    dba.execute("SELECT api.create_user(%s, %s, %s)", (user_id, name, f"{name}@example.com"))
+    return user_id
+
+
+CALLS: dict[str, Callable[[str, str], tuple[str, dict[str, Any]]]] = {
+    "transfer": lambda a, b: (
+        "SELECT status FROM api.transfer(from_user_id => %(a)s, to_user_id => %(b)s, amount => 1,"
+        " request_user_id => %(a)s, idempotency_key => %(k)s, api_key_hash => %(h)s)",
+        {"a": a, "b": b},
+    ),
+    "mint": lambda a, b: (
+        "SELECT status FROM api.mint(to_user_id => %(a)s, amount => 1, idempotency_key => %(k)s,"
+        " api_key_hash => %(h)s)",
+        {"a": a},
+    ),
+    "burn": lambda a, b: (
+        "SELECT status FROM api.burn(from_user_id => %(a)s, amount => 1, idempotency_key => %(k)s,"
+        " api_key_hash => %(h)s)",
+        {"a": a},
+    ),
+}
+
+
+def call(app: psycopg.Connection, statement: str, args: dict[str, Any], key_hash: str) -> int:
+    row = app.execute(statement, {**args, "k": uuid.uuid4(), "h": key_hash}).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def function_calls(conn: psycopg.Connection) -> dict[str, int]:
+    """Calls of each function in this backend not yet flushed to the shared statistics (the
+    view keeps counting across transactions until a flush, so a call is the difference)."""
+    rows = conn.execute(
+        "SELECT schemaname || '.' || funcname, calls FROM pg_stat_xact_user_functions"
+    ).fetchall()
+    return dict(rows)
+
+
+@pytest.mark.parametrize("operation", sorted(CALLS))
+def test_one_call_executes_the_lean_shape(dba, app_url, make_key, operation: str) -> None:
+    _, key_hash, _ = make_key(["admin"])
+    dba.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    alice, bob = create_user(dba), create_user(dba)
+    dba.execute("SELECT api.mint(%s, 1000)", (alice,))
+    statement, args = CALLS[operation](alice, bob)
+    with psycopg.connect(app_url) as app:
+        # Warm up: plans cached, the key's last_used_at fresh.
+        for _ in range(3):
+            assert call(app, statement, args, key_hash) == 201
+            app.commit()
+        dba.execute("SELECT pg_stat_statements_reset()")
+        before = function_calls(app)
+        assert call(app, statement, args, key_hash) == 201
+        after = function_calls(app)
+        app.commit()
+    functions = sorted(
+        (name, calls - before.get(name, 0))
+        for name, calls in after.items()
+        if calls != before.get(name)
+    )
+    nested = dba.execute(
+        "SELECT query, calls FROM pg_stat_statements WHERE NOT toplevel ORDER BY query"
+    ).fetchall()
+    assert sum(calls for _, calls in nested) <= MAX_NESTED_STATEMENTS, nested
+    assert functions == [(f"api.{operation}", 1), ("ledger.post_journal", 1)], functions
+
+
+def test_no_trigger_fires_on_insert(dba) -> None:
+    """The triggers left on the ledger's tables refuse UPDATE, DELETE and TRUNCATE; none fires on
+    INSERT (tgtype bit 2), so a successful write runs none."""
+    inserting = dba.execute(
+        "SELECT tgrelid::regclass::text, tgname FROM pg_trigger t"
+        " JOIN pg_class c ON c.oid = t.tgrelid"
+        " WHERE c.relnamespace = 'ledger'::regnamespace AND NOT tgisinternal AND tgtype & 4 <> 0"
+    ).fetchall()
+    assert inserting == []
