@@ -20,7 +20,7 @@ import pytest
 from conftest import TEMPLATE, Cluster, key_hash, url
 from http_fixtures import Api, cluster_log, serve_fresh_database, start_server
 
-from app import OPERATIONS, Operation
+from financeatp.operations import OPERATIONS, Operation
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
