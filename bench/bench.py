@@ -136,12 +136,19 @@ class Result:
     errors: int
     details: dict[str, Any] = field(default_factory=dict)
 
+    def cpu_ms_per_request(self, part: str) -> float | None:
+        """CPU milliseconds that `part` (server, postgres) spent per request of this run."""
+        cores = (self.details.get("cpu") or {}).get(f"{part}_cores")
+        return None if cores is None or not self.rps else round(cores / self.rps * 1000, 3)
+
     def public(self) -> dict[str, Any]:
         return {
             "rps": round(self.rps, 1),
             "p50_ms": round(self.p50_ms, 2),
             "p99_ms": round(self.p99_ms, 2),
             "errors": self.errors,
+            "server_cpu_ms_per_req": self.cpu_ms_per_request("server"),
+            "postgres_cpu_ms_per_req": self.cpu_ms_per_request("postgres"),
         }
 
 
@@ -256,9 +263,10 @@ class Server:
     """`python app.py serve` (what `make run` serves with DATABASE_URL set), logging to
     bench/out/server.log, with the resident memory of its processes sampled while it runs."""
 
-    def __init__(self, cluster: Cluster, workers: int) -> None:
+    def __init__(self, cluster: Cluster, workers: int, checkout: Path = ROOT) -> None:
         self.cluster = cluster
         self.workers = workers
+        self.checkout = checkout  # bench/ab_http.py serves another version of app.py
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.max_rss_kb = 0
@@ -277,9 +285,10 @@ class Server:
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         log = (OUT / "server.log").open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "serve", "--host", "127.0.0.1",
+            [sys.executable, str(self.checkout / "app.py"), "serve", "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", str(self.workers)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=self.checkout, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )  # fmt: skip
         log.close()
         deadline = time.monotonic() + 60
@@ -1015,16 +1024,21 @@ class Bench:
 
     def table(self) -> str:
         base = self.results.get("baseline")
-        header = "| run | rps | p50_ms | p99_ms | errors | ratio to baseline |"
-        lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        header = (
+            "| run | rps | p50_ms | p99_ms | errors | ratio to baseline "
+            "| server CPU ms/req | postgres CPU ms/req |"
+        )
+        lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for name in KNOWN_RUNS:
             r = self.results.get(name)
             if r is None:
                 continue
             # A reference run is no transfer: its rate against the baseline's would mean nothing.
             ratio = f"{r.rps / base.rps:.2f}" if base and base.rps and name in ALL_RUNS else "-"
+            cpu = " | ".join(ms_text(r.cpu_ms_per_request(part)) for part in ("server", "postgres"))
             lines.append(
-                f"| {name} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {ratio} |"
+                f"| {name} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {ratio} "
+                f"| {cpu} |"
             )
         return "\n".join(lines)
 
@@ -1069,15 +1083,12 @@ class Bench:
                 value = usage.get(f"{part}_cores")
                 return "-" if value is None else f"{value:.2f}"
 
-            def per_request(part: str, usage: dict[str, Any] = cpu, rps: float = r.rps) -> str:
-                value = usage.get(f"{part}_cores")
-                return "-" if value is None or not rps else f"{value / rps * 1000:.2f}"
-
             lines.append(
                 f"| {name} | {cores('server')} | {cores('postgres')} | {cores('loadgen')} "
                 f"| {cores('other')} "
                 f"| {cpu['machine_busy']:.0%} | {cpu['machine_iowait']:.0%} "
-                f"| {per_request('server')} | {per_request('postgres')} |"
+                f"| {ms_text(r.cpu_ms_per_request('server'))} "
+                f"| {ms_text(r.cpu_ms_per_request('postgres'))} |"
             )
         return "\n".join(lines)
 
@@ -1206,6 +1217,10 @@ class Bench:
     load_at_start: tuple[float, ...] = ()
 
 
+def ms_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def disk_text(disk: dict[str, Any]) -> str:
     if not disk:
         return "disk: not probed"
@@ -1324,10 +1339,13 @@ def update_main_readme(results: dict[str, Any], goals: list[str]) -> None:
         f"{results['events_in_large_store']:,} events in the large store (the runs are described "
         "in [bench/README.md](bench/README.md#the-runs)).",
         "",
-        "| run | rps | p50 ms | p99 ms | errors | ratio to baseline |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| run | rps | p50 ms | p99 ms | errors | ratio to baseline | server CPU ms/req "
+        "| postgres CPU ms/req |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *(f"| {prefix}`{name}` | {run['rps']:.0f} | {run['p50_ms']:.1f} | {run['p99_ms']:.1f} "
-          f"| {run['errors']} | {ratio} |" for name, run, ratio, prefix in rows),
+          f"| {run['errors']} | {ratio} | {ms_text(run.get('server_cpu_ms_per_req'))} "
+          f"| {ms_text(run.get('postgres_cpu_ms_per_req'))} |"
+          for name, run, ratio, prefix in rows),
         "",
         *goals_and_chart(goals, "bench/results.png"),
     ])  # fmt: skip
