@@ -1,4 +1,4 @@
-"""The HTTP contract of DIRECTION.md against the real server (uvicorn, `python app.py serve`) and
+"""The HTTP contract (README.md, /openapi.json) against the real server (uvicorn, `python app.py serve`) and
 a real PostgreSQL: every route, every error code, every permission, the transfer rule,
 idempotency, the correlation id, and what the logs may and may not contain."""
 
