@@ -1,5 +1,5 @@
-"""The HTTP contract (README.md, /openapi.json) against the real server (uvicorn, `python app.py serve`) and
-a real PostgreSQL: every route, every error code, every permission, the transfer rule,
+"""The HTTP contract (README.md, /openapi.json) against the real server (uvicorn, `python app.py
+serve`) and a real PostgreSQL: every route, every error code, every permission, the transfer rule,
 idempotency, the correlation id, and what the logs may and may not contain."""
 
 from __future__ import annotations
