@@ -4,7 +4,8 @@ numbers drift between minutes, ratios of runs taken side by side drift much less
 
     BENCH_AB_A=/tmp/old BENCH_AB_B=. .venv/bin/python bench/ab_http.py
 
-A and B are checkouts (each with its app.py); BENCH_AB_RUNS (http_balance,http_transfer),
+A and B are checkouts (each with its app.py); BENCH_AB_A_SOCKET=1 (or _B_) has that side reach
+PostgreSQL over its Unix socket instead of loopback TCP; BENCH_AB_RUNS (http_balance,http_transfer),
 BENCH_AB_ROUNDS (3), BENCH_SECONDS (10), BENCH_WORKERS (1) and BENCH_USERS (1000) choose the
 runs. Each round runs every run on A and on B, the order alternating round by round. Writes
 bench/out/ab_http.json.
@@ -22,8 +23,9 @@ from typing import Any
 import bench as harness
 
 
-def side(bench: harness.Bench, checkout: Path, name: str) -> dict[str, float]:
-    bench.server = harness.Server(bench.cluster, bench.config.workers, checkout)
+def side(bench: harness.Bench, label: str, checkout: Path, name: str) -> dict[str, float]:
+    socket = os.environ.get(f"BENCH_AB_{label}_SOCKET", "0") == "1"
+    bench.server = harness.Server(bench.cluster, bench.config.workers, checkout, socket)
     try:
         bench.server.start()
         bench.measure(name)
@@ -73,7 +75,7 @@ def main() -> None:
         for number in range(rounds):
             order = ("A", "B") if number % 2 == 0 else ("B", "A")
             for name in runs:
-                measured = {label: side(bench, checkouts[label], name) for label in order}
+                measured = {label: side(bench, label, checkouts[label], name) for label in order}
                 results[name].append(measured)
                 harness.say(f"round {number + 1} {name}: {json.dumps(measured)}")
     report = {

@@ -185,7 +185,9 @@ class Cluster(LocalCluster):
         self.initdb("-A", "trust")
         settings = {
             "listen_addresses": "'127.0.0.1'",
-            "unix_socket_directories": "''",
+            # For bench/ab_http.py's socket side; make bench's server uses loopback TCP.
+            "unix_socket_directories": f"'{self.home}'",
+            "unix_socket_permissions": "0700",
             # Durable, as in production: every commit waits for its WAL flush.
             "fsync": "on",
             "synchronous_commit": "on",
@@ -219,7 +221,9 @@ class Cluster(LocalCluster):
     def remove(self) -> None:
         shutil.rmtree(self.home, ignore_errors=True)
 
-    def url(self, user: str = "postgres", database: str = DATABASE) -> str:
+    def url(self, user: str = "postgres", database: str = DATABASE, socket: bool = False) -> str:
+        if socket:
+            return f"postgresql://{user}@/{database}?host={self.home}&port={self.port}"
         return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
 
     def connect(self, database: str = DATABASE) -> psycopg.Connection[Any]:
@@ -263,10 +267,13 @@ class Server:
     """`python app.py serve` (what `make run` serves with DATABASE_URL set), logging to
     bench/out/server.log, with the resident memory of its processes sampled while it runs."""
 
-    def __init__(self, cluster: Cluster, workers: int, checkout: Path = ROOT) -> None:
+    def __init__(
+        self, cluster: Cluster, workers: int, checkout: Path = ROOT, socket: bool = False
+    ) -> None:
         self.cluster = cluster
         self.workers = workers
         self.checkout = checkout  # bench/ab_http.py serves another version of app.py
+        self.socket = socket  # the Unix socket to PostgreSQL, or loopback TCP
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.max_rss_kb = 0
@@ -279,7 +286,7 @@ class Server:
         self.port = free_port()
         env = {
             **os.environ,
-            "DATABASE_URL": self.cluster.url("atp_app"),
+            "DATABASE_URL": self.cluster.url("atp_app", socket=self.socket),
             "PYTHONUNBUFFERED": "1",
         }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
