@@ -21,8 +21,6 @@ import json
 import os
 import re
 import secrets
-import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,8 +37,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
-from financeatp.observe import METRICS, RequestContext, log, setup_logging
-from financeatp.openapi import openapi_text
+from financeatp.observe import METRICS, KeyNames, RequestContext, log, setup_logging
+from financeatp.openapi import DOCS_PAGE, openapi_text
 from financeatp.operations import OPERATIONS, ErrorCode, Field, Operation
 
 JSON = "application/json"
@@ -427,36 +425,6 @@ def operation_endpoint(operations: Mapping[str, Operation]) -> Callable[..., Awa
 # --- state of one server process -----------------------------------------------------------
 
 
-class KeyNames:
-    """API key names for the logs, by key hash, cached for a minute (api.describe_api_key does
-    not count toward the rate limit)."""
-
-    def __init__(self, ttl: float, size: int = 10_000) -> None:
-        self.ttl = ttl
-        self.size = size
-        self.cache: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
-
-    async def name(self, pool: AsyncConnectionPool[Any], key_hash: str) -> str | None:
-        now = time.monotonic()
-        cached = self.cache.get(key_hash)
-        if cached and cached[0] > now:
-            return cached[1]
-        try:
-            async with pool.connection(timeout=1.0) as conn:
-                cur = await conn.execute(
-                    "SELECT api.describe_api_key(api_key_hash => %s) ->> 'name'", [key_hash]
-                )
-                row = await cur.fetchone()
-        except (psycopg.Error, PoolTimeout):
-            return None
-        name = row[0] if row else None
-        self.cache[key_hash] = (now + self.ttl, name)
-        self.cache.move_to_end(key_hash)
-        while len(self.cache) > self.size:
-            self.cache.popitem(last=False)
-        return name
-
-
 @dataclass
 class AppState:
     settings: Settings
@@ -567,16 +535,6 @@ async def openapi_json(request: Request) -> Response:
     if not state.codes.rows:
         await load_error_codes(state, timeout=1.0)  # the database was down at startup
     return Response(openapi_text(state.codes.rows), media_type=JSON)
-
-
-DOCS_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>financeATP API</title>
-<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
-<body><div id="swagger-ui"></div>
-<script src="/docs/static/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", validatorUrl: null});</script>
-</body></html>
-"""
 
 
 async def docs(request: Request) -> Response:

@@ -11,9 +11,11 @@ import os
 import re
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psycopg
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -22,7 +24,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -155,6 +157,39 @@ class Metrics:
 
 
 METRICS = Metrics()
+
+
+# --- key names for the access log ---------------------------------------------------------
+
+
+class KeyNames:
+    """API key names for the logs, by key hash, cached for a minute (api.describe_api_key does
+    not count toward the rate limit)."""
+
+    def __init__(self, ttl: float, size: int = 10_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self.cache: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+
+    async def name(self, pool: AsyncConnectionPool[Any], key_hash: str) -> str | None:
+        now = time.monotonic()
+        cached = self.cache.get(key_hash)
+        if cached and cached[0] > now:
+            return cached[1]
+        try:
+            async with pool.connection(timeout=1.0) as conn:
+                cur = await conn.execute(
+                    "SELECT api.describe_api_key(api_key_hash => %s) ->> 'name'", [key_hash]
+                )
+                row = await cur.fetchone()
+        except (psycopg.Error, PoolTimeout):
+            return None
+        name = row[0] if row else None
+        self.cache[key_hash] = (now + self.ttl, name)
+        self.cache.move_to_end(key_hash)
+        while len(self.cache) > self.size:
+            self.cache.popitem(last=False)
+        return name
 
 
 # --- the middleware ------------------------------------------------------------------------

@@ -391,3 +391,14 @@ def openapi_document(database_errors: Iterable[ErrorCode]) -> dict[str, Any]:
 @functools.lru_cache(maxsize=4)
 def openapi_text(database_errors: tuple[ErrorCode, ...]) -> str:
     return json.dumps(openapi_document(database_errors), ensure_ascii=False)
+
+
+# The page of /docs: Swagger UI, served from this process (no internet needed).
+DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>financeATP API</title>
+<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/static/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", validatorUrl: null});</script>
+</body></html>
+"""
