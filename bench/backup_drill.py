@@ -1,7 +1,7 @@
 """`make backup-drill`: a pgBackRest backup, WAL archiving and a point-in-time restore, verified.
 
-DIRECTION asks for WAL archiving and point-in-time recovery with pgBackRest, and a restore drill
-that actually restores to a timestamp and verifies the ledger. This drill:
+The ledger's backups are WAL archiving and point-in-time recovery with pgBackRest; this drill
+actually restores to a timestamp and verifies the ledger:
 
 1. prepares a cluster as `make bench` does (durable settings, migrated, BENCH_USERS users with
    their minted ATP), then turns on WAL archiving through `pgbackrest archive-push`, with a

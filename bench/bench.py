@@ -20,7 +20,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+
+from financeatp.pgcluster import LocalCluster, free_port
+from financeatp.serving import default_workers
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -77,10 +79,6 @@ def say(message: str) -> None:
 def env_int(name: str, default: int) -> int:
     value = os.environ.get(name, "").strip()
     return int(value) if value else default
-
-
-def default_workers() -> int:
-    return max(1, min(os.cpu_count() or 1, 8))  # as app.py serve / make run
 
 
 @dataclass(frozen=True)
@@ -138,83 +136,36 @@ class Result:
     errors: int
     details: dict[str, Any] = field(default_factory=dict)
 
+    def cpu_ms_per_request(self, part: str) -> float | None:
+        """CPU milliseconds that `part` (server, postgres) spent per request of this run."""
+        cores = (self.details.get("cpu") or {}).get(f"{part}_cores")
+        return None if cores is None or not self.rps else round(cores / self.rps * 1000, 3)
+
     def public(self) -> dict[str, Any]:
         return {
             "rps": round(self.rps, 1),
             "p50_ms": round(self.p50_ms, 2),
             "p99_ms": round(self.p99_ms, 2),
             "errors": self.errors,
+            "server_cpu_ms_per_req": self.cpu_ms_per_request("server"),
+            "postgres_cpu_ms_per_req": self.cpu_ms_per_request("postgres"),
         }
 
 
 # --- processes -----------------------------------------------------------------------------
 
 
-def pg_account() -> tuple[int, int] | None:
-    """initdb and postgres refuse to run as root: then they run as the postgres system user."""
-    if os.geteuid() != 0:
-        return None
-    import pwd
-
-    for name in ("postgres", "nobody"):
-        with contextlib.suppress(KeyError):
-            entry = pwd.getpwnam(name)
-            return entry.pw_uid, entry.pw_gid
-    raise SystemExit("running as root and there is no 'postgres' user to run PostgreSQL")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def pg_bindir() -> Path:
-    configured = os.environ.get("PG_BINDIR")
-    if configured:
-        return Path(configured)
-    found = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: p.parent.parent.name
-    )
-    if found:
-        return found[-1].parent
-    initdb = shutil.which("initdb")
-    if initdb:
-        return Path(initdb).parent
-    raise SystemExit("PostgreSQL server binaries not found (Debian: apt-get install postgresql-15)")
-
-
-class Cluster:
+class Cluster(LocalCluster):
     """A throwaway PostgreSQL cluster in bench/out/pgdata: durable settings, TCP on 127.0.0.1,
     trust authentication (loopback only, deleted at the end)."""
 
     def __init__(self, config: Config) -> None:
-        self.bindir = pg_bindir()
-        self.account = pg_account()
-        self.home = self.choose_home()
-        self.data = self.home / "data"
-        self.log = self.home / "postgresql.log"
-        self.port = 0
-        self.running = False
+        super().__init__(OUT / "pgdata", fallback_tag="bench-")
         self.profile = config.profile
 
-    def as_pg(self) -> list[str]:
-        if self.account is None:
-            return []
-        uid, gid = self.account
-        return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--"]
-
-    def choose_home(self) -> Path:
-        """bench/out/pgdata, unless the postgres user cannot reach the checkout (e.g. a clone
-        under /root): then a private directory in /var/tmp named after the checkout."""
-        home = OUT / "pgdata"
-        if self.account is None:
-            return home
-        OUT.mkdir(parents=True, exist_ok=True)
-        if subprocess.run([*self.as_pg(), "test", "-x", str(OUT)], check=False).returncode == 0:
-            return home
-        digest = hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
-        return Path("/var/tmp") / f"financeatp-bench-{digest}"  # noqa: S108 (removed at the end)
+    @property
+    def account(self) -> tuple[int, int] | None:
+        return None if self.user is None else (self.user.pw_uid, self.user.pw_gid)
 
     def use_own_home(self, suffix: str) -> None:
         """A directory of its own (home + suffix), so that `make bench` may run beside it."""
@@ -222,30 +173,21 @@ class Cluster:
         self.data, self.log = self.home / "data", self.home / "postgresql.log"
 
     def run_pg(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [*self.as_pg(), *command], check=False, capture_output=True, text=True
-        )
-        if check and result.returncode != 0:
-            raise SystemExit(f"{command[0]} failed:\n{result.stdout}{result.stderr}")
-        return result
+        return super().run_pg(*command, check=check)
 
     def create(self) -> None:
         if self.home.exists():
             # Left over by a run that was killed: stop its postmaster if it still runs.
             if (self.data / "postmaster.pid").exists():
-                self.run_pg(str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data),
+                self.run_pg(self.tool("pg_ctl"), "stop", "-D", str(self.data),
                             "-m", "immediate", "-w", check=False)  # fmt: skip
             shutil.rmtree(self.home)
-        self.home.mkdir(parents=True)
-        if self.account is not None:
-            os.chown(self.home, *self.account)
-        self.run_pg(
-            str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
-            "-E", "UTF8", "--no-locale", "--lc-messages=C", "--data-checksums",
-        )  # fmt: skip
+        self.initdb("-A", "trust")
         settings = {
             "listen_addresses": "'127.0.0.1'",
-            "unix_socket_directories": "''",
+            # For bench/ab_http.py's socket side; make bench's server uses loopback TCP.
+            "unix_socket_directories": f"'{self.home}'",
+            "unix_socket_permissions": "0700",
             # Durable, as in production: every commit waits for its WAL flush.
             "fsync": "on",
             "synchronous_commit": "on",
@@ -263,48 +205,32 @@ class Cluster:
                 "pg_stat_statements.track": "all",
                 "track_functions": "'pl'",
             }
-        with (self.data / "postgresql.conf").open("a") as conf:
-            conf.write("\n# make bench\n")
-            conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
+        self.configure("make bench", settings)
 
-    def start(self) -> None:
-        self.port = free_port()
-        self.run_pg(
-            str(self.bindir / "pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log),
-            "-w", "-t", "120", "-o", f"-p {self.port}",
-        )  # fmt: skip
-        self.running = True
+    def start(self, port: int | None = None) -> None:
+        super().start(port)
         say(f"PostgreSQL {self.version()} on 127.0.0.1:{self.port} (data: {self.data})")
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> bool:
         if not self.running:
-            return
-        result = self.run_pg(
-            str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w",
-            "-t", "120", check=False,
-        )  # fmt: skip
-        if result.returncode != 0:
-            self.run_pg(str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data),
-                        "-m", "immediate", "-w", check=False)  # fmt: skip
-        self.running = False
+            return True
+        stopped = super().stop(mode)
         say("PostgreSQL stopped")
+        return stopped
 
     def remove(self) -> None:
         shutil.rmtree(self.home, ignore_errors=True)
 
-    def version(self) -> str:
-        out = self.run_pg(str(self.bindir / "postgres"), "--version").stdout
-        found = re.search(r"\) (\d+(?:\.\d+)*)", out)
-        return found.group(1) if found else "?"
-
-    def url(self, user: str = "postgres", database: str = DATABASE) -> str:
+    def url(self, user: str = "postgres", database: str = DATABASE, socket: bool = False) -> str:
+        if socket:
+            return f"postgresql://{user}@/{database}?host={self.home}&port={self.port}"
         return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
 
     def connect(self, database: str = DATABASE) -> psycopg.Connection[Any]:
         return psycopg.connect(self.url("postgres", database), autocommit=True)
 
     def psql(self, *args: str, log: Path | None = None) -> str:
-        command = [str(self.bindir / "psql"), self.url(), "-X", "-v", "ON_ERROR_STOP=1", *args]
+        command = [self.tool("psql"), self.url(), "-X", "-v", "ON_ERROR_STOP=1", *args]
         result = subprocess.run(command, check=False, capture_output=True, text=True)
         if log is not None:
             log.write_text(result.stdout + result.stderr)
@@ -341,9 +267,13 @@ class Server:
     """`python app.py serve` (what `make run` serves with DATABASE_URL set), logging to
     bench/out/server.log, with the resident memory of its processes sampled while it runs."""
 
-    def __init__(self, cluster: Cluster, workers: int) -> None:
+    def __init__(
+        self, cluster: Cluster, workers: int, checkout: Path = ROOT, socket: bool = False
+    ) -> None:
         self.cluster = cluster
         self.workers = workers
+        self.checkout = checkout  # bench/ab_http.py serves another version of app.py
+        self.socket = socket  # the Unix socket to PostgreSQL, or loopback TCP
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.max_rss_kb = 0
@@ -356,15 +286,16 @@ class Server:
         self.port = free_port()
         env = {
             **os.environ,
-            "DATABASE_URL": self.cluster.url("atp_app"),
+            "DATABASE_URL": self.cluster.url("atp_app", socket=self.socket),
             "PYTHONUNBUFFERED": "1",
         }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         log = (OUT / "server.log").open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "serve", "--host", "127.0.0.1",
+            [sys.executable, str(self.checkout / "app.py"), "serve", "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", str(self.workers)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=self.checkout, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )  # fmt: skip
         log.close()
         deadline = time.monotonic() + 60
@@ -1100,16 +1031,21 @@ class Bench:
 
     def table(self) -> str:
         base = self.results.get("baseline")
-        header = "| run | rps | p50_ms | p99_ms | errors | ratio to baseline |"
-        lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        header = (
+            "| run | rps | p50_ms | p99_ms | errors | ratio to baseline "
+            "| server CPU ms/req | postgres CPU ms/req |"
+        )
+        lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for name in KNOWN_RUNS:
             r = self.results.get(name)
             if r is None:
                 continue
             # A reference run is no transfer: its rate against the baseline's would mean nothing.
             ratio = f"{r.rps / base.rps:.2f}" if base and base.rps and name in ALL_RUNS else "-"
+            cpu = " | ".join(ms_text(r.cpu_ms_per_request(part)) for part in ("server", "postgres"))
             lines.append(
-                f"| {name} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {ratio} |"
+                f"| {name} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {ratio} "
+                f"| {cpu} |"
             )
         return "\n".join(lines)
 
@@ -1154,15 +1090,12 @@ class Bench:
                 value = usage.get(f"{part}_cores")
                 return "-" if value is None else f"{value:.2f}"
 
-            def per_request(part: str, usage: dict[str, Any] = cpu, rps: float = r.rps) -> str:
-                value = usage.get(f"{part}_cores")
-                return "-" if value is None or not rps else f"{value / rps * 1000:.2f}"
-
             lines.append(
                 f"| {name} | {cores('server')} | {cores('postgres')} | {cores('loadgen')} "
                 f"| {cores('other')} "
                 f"| {cpu['machine_busy']:.0%} | {cpu['machine_iowait']:.0%} "
-                f"| {per_request('server')} | {per_request('postgres')} |"
+                f"| {ms_text(r.cpu_ms_per_request('server'))} "
+                f"| {ms_text(r.cpu_ms_per_request('postgres'))} |"
             )
         return "\n".join(lines)
 
@@ -1291,6 +1224,10 @@ class Bench:
     load_at_start: tuple[float, ...] = ()
 
 
+def ms_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def disk_text(disk: dict[str, Any]) -> str:
     if not disk:
         return "disk: not probed"
@@ -1409,10 +1346,13 @@ def update_main_readme(results: dict[str, Any], goals: list[str]) -> None:
         f"{results['events_in_large_store']:,} events in the large store (the runs are described "
         "in [bench/README.md](bench/README.md#the-runs)).",
         "",
-        "| run | rps | p50 ms | p99 ms | errors | ratio to baseline |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| run | rps | p50 ms | p99 ms | errors | ratio to baseline | server CPU ms/req "
+        "| postgres CPU ms/req |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *(f"| {prefix}`{name}` | {run['rps']:.0f} | {run['p50_ms']:.1f} | {run['p99_ms']:.1f} "
-          f"| {run['errors']} | {ratio} |" for name, run, ratio, prefix in rows),
+          f"| {run['errors']} | {ratio} | {ms_text(run.get('server_cpu_ms_per_req'))} "
+          f"| {ms_text(run.get('postgres_cpu_ms_per_req'))} |"
+          for name, run, ratio, prefix in rows),
         "",
         *goals_and_chart(goals, "bench/results.png"),
     ])  # fmt: skip

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pwd
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -14,6 +13,8 @@ from pathlib import Path
 import psycopg
 import pytest
 import testing.postgresql
+
+from financeatp.pgcluster import as_user, pg_user
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = "atp_template"
@@ -35,50 +36,24 @@ $$
 """
 
 
-def unprivileged_user() -> pwd.struct_passwd | None:
-    """initdb and postgres refuse to run as root; as root the cluster runs as this user."""
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", "nobody"):
-        try:
-            return pwd.getpwnam(name)
-        except KeyError:
-            continue
-    raise RuntimeError(
-        "running as root, and there is no 'postgres' or 'nobody' user to run PostgreSQL"
-    )
-
-
 class Cluster(testing.postgresql.Postgresql):
     """testing.postgresql, made to work as root too, with a UTF-8 cluster."""
 
-    def _as_user(self) -> list[str]:
-        user = unprivileged_user()
-        if user is None:
-            return []
-        return [
-            "setpriv",
-            f"--reuid={user.pw_uid}",
-            f"--regid={user.pw_gid}",
-            "--init-groups",
-            "--",
-        ]
-
     def initialize_database(self) -> None:
-        user = unprivileged_user()
+        user = pg_user()
         if user is not None:
             for path in (self.base_dir, *(Path(self.base_dir) / d for d in self.subdirectories)):
                 os.chown(path, user.pw_uid, user.pw_gid)
         data = os.path.join(self.base_dir, "data")
         initdb = [self.initdb, "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8"]
         subprocess.run(
-            [*self._as_user(), *initdb, "--no-locale", "--lc-messages=C"],
+            [*as_user(pg_user()), *initdb, "--no-locale", "--lc-messages=C"],
             check=True,
             capture_output=True,
         )
 
     def get_server_commandline(self) -> list[str]:
-        return [*self._as_user(), *super().get_server_commandline()]
+        return [*as_user(pg_user()), *super().get_server_commandline()]
 
 
 def url(cluster: Cluster, dbname: str, user: str = "postgres") -> str:

@@ -1,5 +1,5 @@
-"""The HTTP contract of DIRECTION.md against the real server (uvicorn, `python app.py serve`) and
-a real PostgreSQL: every route, every error code, every permission, the transfer rule,
+"""The HTTP contract (README.md, /openapi.json) against the real server (uvicorn, `python app.py
+serve`) and a real PostgreSQL: every route, every error code, every permission, the transfer rule,
 idempotency, the correlation id, and what the logs may and may not contain."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from conftest import TEMPLATE, Cluster, key_hash, url
 from http_fixtures import Api, cluster_log, serve_fresh_database, start_server
 
-from app import OPERATIONS, Operation
+from financeatp.operations import OPERATIONS, Operation
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 

@@ -21,9 +21,9 @@ import httpx
 import psycopg
 import pytest
 from conftest import Cluster, url
-from http_fixtures import free_port
 
-from app import Embedded
+from financeatp.embedded import Embedded
+from financeatp.pgcluster import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = re.compile(r"sk_live_[0-9a-f]{64}")

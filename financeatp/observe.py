@@ -1,0 +1,267 @@
+"""What operators see of each request: one JSON log line (API keys masked), Prometheus metrics,
+and the correlation id, all kept by one pure ASGI middleware around the application."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import logging.config
+import os
+import re
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from financeatp.operations import MAX_CORRELATION_ID
+
+log = logging.getLogger("financeatp")
+access_log = logging.getLogger("financeatp.access")
+
+# Anything shaped like an API key is cut to its prefix in every log line, whoever logged it.
+KEY_IN_TEXT = re.compile(r"(sk_(?:live|test)_)[A-Za-z0-9]+")
+# Metric labels stay few: any other method (clients may send any token) counts as "other".
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PATCH", "DELETE", "PUT", "OPTIONS"})
+
+
+def mask_key(key: str) -> str:
+    """sk_live_abc... -> sk_live_****: the prefix names the kind of key, never the key."""
+    return f"{key[:8]}****" if len(key) > 8 else "****"
+
+
+# --- logs ----------------------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; anything shaped like an API key is cut to its prefix."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry |= getattr(record, "fields", {})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return KEY_IN_TEXT.sub(r"\1****", json.dumps(entry, ensure_ascii=False, default=str))
+
+
+LOG_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "financeatp.observe.JsonFormatter"}},
+    "handlers": {
+        "stdout": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stdout",
+        }
+    },
+    "root": {"handlers": ["stdout"], "level": os.environ.get("LOG_LEVEL", "INFO").upper()},
+    "loggers": {
+        "uvicorn": {"handlers": [], "propagate": True},
+        "uvicorn.error": {"handlers": [], "propagate": True},
+        "uvicorn.access": {"handlers": [], "propagate": False, "level": "WARNING"},
+    },
+}
+
+
+def setup_logging() -> None:
+    # No caller, thread or process lookups for each record (the logging HOWTO's "Optimization"):
+    # JsonFormatter writes none of them (bench/README.md, third pass).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    if not any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
+        logging.config.dictConfig(LOG_CONFIG)
+
+
+# --- metrics -------------------------------------------------------------------------------
+
+
+class Metrics:
+    """Prometheus metrics; with several workers they are summed over PROMETHEUS_MULTIPROC_DIR."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "atp_http_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "atp_http_request_duration_seconds",
+            "HTTP request latency by route",
+            ["route", "method"],
+            registry=self.registry,
+        )
+        self.pool = Gauge(
+            "atp_db_pool_connections",
+            "Database pool connections: size (open), available (idle), waiting (requests queued)",
+            ["state"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        # The labelled children, looked up once per (route, method, status): few of them.
+        children = self.children.get((route, method, status))
+        if children is None:
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route, method),
+            )
+            self.children[(route, method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_pool(self, pool: AsyncConnectionPool[Any]) -> None:
+        stats = pool.get_stats()
+        self.pool.labels("size").set(stats.get("pool_size", 0))
+        self.pool.labels("available").set(stats.get("pool_available", 0))
+        self.pool.labels("waiting").set(stats.get("requests_waiting", 0))
+
+    def exposition(self) -> bytes:
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+
+    @staticmethod
+    def process_ended() -> None:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            multiprocess.mark_process_dead(os.getpid())
+
+
+METRICS = Metrics()
+
+
+# --- key names for the access log ---------------------------------------------------------
+
+
+class KeyNames:
+    """API key names for the logs, by key hash, cached for a minute (api.describe_api_key does
+    not count toward the rate limit)."""
+
+    def __init__(self, ttl: float, size: int = 10_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self.cache: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+
+    async def name(self, pool: AsyncConnectionPool[Any], key_hash: str) -> str | None:
+        now = time.monotonic()
+        cached = self.cache.get(key_hash)
+        if cached and cached[0] > now:
+            return cached[1]
+        try:
+            async with pool.connection(timeout=1.0) as conn:
+                cur = await conn.execute(
+                    "SELECT api.describe_api_key(api_key_hash => %s) ->> 'name'", [key_hash]
+                )
+                row = await cur.fetchone()
+        except (psycopg.Error, PoolTimeout):
+            return None
+        name = row[0] if row else None
+        self.cache[key_hash] = (now + self.ttl, name)
+        self.cache.move_to_end(key_hash)
+        while len(self.cache) > self.size:
+            self.cache.popitem(last=False)
+        return name
+
+
+# --- the middleware ------------------------------------------------------------------------
+
+ErrorResponse = Callable[[int, str, str], Response]
+KeyName = Callable[[dict[str, Any], int], Awaitable[str | None]]
+
+
+class RequestContext:
+    """Correlation id (checked, generated, echoed), the API key's hash and masked prefix, one JSON
+    log line and the metrics of every request, and a JSON 500 for anything unexpected.
+    `error` renders the contract's error body; `key_name` names the key for the log line."""
+
+    def __init__(self, app: ASGIApp, error: ErrorResponse, key_name: KeyName) -> None:
+        self.app = app
+        self.error = error
+        self.key_name = key_name
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = Headers(scope=scope)
+        state = scope.setdefault("state", {})
+        given = headers.get("x-correlation-id") or ""
+        correlation_id = given if 0 < len(given) <= MAX_CORRELATION_ID else str(uuid.uuid4())
+        key = headers.get("x-api-key") or ""
+        state.update(
+            correlation_id=correlation_id,
+            api_key_hash=hashlib.sha256(key.encode("latin-1")).hexdigest() if key else None,
+            key_prefix=mask_key(key) if key else None,
+        )
+        response = {"status": 500, "started": False}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response.update(status=message["status"], started=True)
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-correlation-id", correlation_id.encode("latin-1")),
+                ]
+            await send(message)
+
+        try:
+            if len(given) > MAX_CORRELATION_ID:
+                too_long = f"X-Correlation-Id is longer than {MAX_CORRELATION_ID} characters"
+                await self.error(400, "invalid_request", too_long)(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error", extra={"fields": {"correlation_id": correlation_id}})
+            if not response["started"]:
+                failure = self.error(500, "internal_error", "an unexpected error occurred")
+                await failure(scope, receive, send_with_id)
+        await self.record(scope, int(response["status"]), time.perf_counter() - started)
+
+    async def record(self, scope: Scope, status: int, seconds: float) -> None:
+        state = scope["state"]
+        route = scope.get("route")
+        route_name = getattr(route, "path", None) or "unmatched"
+        method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+        METRICS.observe(route_name, method, status, seconds)
+        fields = {
+            "method": scope["method"],
+            "route": route_name,
+            "path": scope["path"],
+            "status": status,
+            "latency_ms": round(seconds * 1000, 2),
+            "correlation_id": state["correlation_id"],
+            "api_key_name": await self.key_name(state, status),
+            "api_key_prefix": state["key_prefix"],
+            "client": (scope.get("client") or ("", 0))[0],
+        }
+        access_log.info("request", extra={"fields": fields})

@@ -1,0 +1,293 @@
+"""The contract's operations: one declarative row per route, from which app.py derives the
+routing and the arguments of the one api function call, and openapi.py the document. A new
+route is a new row here (and its response schema in openapi.py when it answers a new shape).
+Also the contract's error table as the HTTP layer sees it: api.error_codes() holds the database's
+errors; HTTP_ERRORS the few that the HTTP layer answers without calling it."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+MAX_CORRELATION_ID = 128  # characters of X-Correlation-Id
+
+
+class ErrorCode(NamedTuple):
+    """A row of api.error_codes(), or one of HTTP_ERRORS (sqlstate None)."""
+
+    sqlstate: str | None
+    http_status: int
+    error: str
+    meaning: str
+
+
+HTTP_ERRORS: tuple[ErrorCode, ...] = (
+    ErrorCode(None, 400, "invalid_request", "Or the request's shape is wrong: malformed JSON, "
+              "a number where an amount string belongs, an unknown field, a malformed UUID, "
+              "a missing Idempotency-Key header."),
+    ErrorCode(None, 404, "not_found", "Or there is no such route."),
+    ErrorCode(None, 405, "method_not_allowed", "The route exists, the method does not."),
+    ErrorCode(None, 413, "payload_too_large", "The body is larger than MAX_BODY_BYTES."),
+    ErrorCode(None, 503, "unavailable", "The database cannot be reached or every connection is "
+              "busy; retry after Retry-After seconds."),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Field:
+    """A body or query field: how it is checked for shape here, and how OpenAPI shows it.
+    Patterns and lengths are documentation of the database's rules; only the database enforces them.
+    """
+
+    name: str
+    kind: str  # uuid | amount | text | integer | timestamp
+    required: bool = False
+    max_length: int | None = None
+    pattern: str | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+    description: str = ""
+    example: Any = None
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    function: str
+    permission: str
+    summary: str
+    response: str
+    success: int = 200
+    body: tuple[Field, ...] | None = None
+    body_required: bool = True
+    query: tuple[Field, ...] = ()
+    can_404: bool = True
+    needs_acting_user: bool = False
+    needs_one_of: tuple[str, ...] = ()  # documents a rule of the function: one of these, not null
+    description: str = ""
+
+    @property
+    def writes(self) -> bool:
+        return self.method != "GET"
+
+    @property
+    def path_params(self) -> list[str]:
+        return re.findall(r"{(\w+)}", self.path)
+
+    @property
+    def tag(self) -> str:
+        return "admin" if self.path.startswith("/admin") else self.path.split("/")[1]
+
+
+# An amount as the database accepts it in plain decimal notation: more than 0, at most 10^12,
+# at most 8 decimal places (zeros beyond them change nothing).
+AMOUNT_PATTERN = (
+    r"^0*(?:[1-9][0-9]{0,11}(?:\.[0-9]{0,8}0*)?|1000000000000(?:\.0*)?|\.[0-9]{0,7}[1-9]0*)$"
+)
+NO_NUL = r"^[^\u0000]*$"
+USERNAME = Field(
+    "username",
+    "text",
+    pattern=r"^[A-Za-z0-9_]{3,50}$",
+    description="3 to 50 letters, digits and underscores; unique among live users",
+    example="alice",
+)
+EMAIL = Field(
+    "email",
+    "text",
+    max_length=254,
+    pattern=r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$",
+    description="unique among live users",
+    example="alice@example.com",
+)
+DISPLAY_NAME = Field(
+    "display_name",
+    "text",
+    max_length=100,
+    pattern=NO_NUL,
+    description="an empty string clears it",
+    example="Alice Smith",
+)
+AMOUNT = Field(
+    "amount",
+    "amount",
+    required=True,
+    pattern=AMOUNT_PATTERN,
+    description="ATP as a JSON string: more than 0, at most 1000000000000, at most 8 decimals",
+    example="100.50000000",
+)
+
+
+def user_ref(name: str, description: str = "") -> Field:
+    return Field(name, "uuid", required=True, description=description)
+
+
+def note(name: str, description: str) -> Field:
+    return Field(name, "text", max_length=500, pattern=NO_NUL, description=description)
+
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "POST",
+        "/users",
+        "create_user",
+        "write",
+        "Create a user and their wallet",
+        "User",
+        success=201,
+        can_404=False,
+        body=(
+            user_ref("user_id", "chosen by the caller"),
+            dataclasses.replace(USERNAME, required=True),
+            dataclasses.replace(EMAIL, required=True),
+            DISPLAY_NAME,
+        ),
+    ),
+    Operation("GET", "/users/{user_id}", "get_user", "read", "A live user", "User"),
+    Operation(
+        "PATCH",
+        "/users/{user_id}",
+        "update_user",
+        "write",
+        "Change a user's username, email or display name",
+        "User",
+        body=(
+            USERNAME,
+            EMAIL,
+            DISPLAY_NAME,
+            Field(
+                "expected_version",
+                "integer",
+                minimum=1,
+                maximum=2**63 - 1,
+                description="refuse with 409 version_conflict unless the user is at this version",
+            ),
+        ),
+        needs_one_of=("username", "email", "display_name"),
+        description="A field that is absent or null keeps its value; give at least one.",
+    ),
+    Operation(
+        "DELETE",
+        "/users/{user_id}",
+        "delete_user",
+        "write",
+        "Delete a user (logically; only with a zero balance)",
+        "DeletedUser",
+        description="History stays; username and email become free again. "
+        "409 balance_not_zero while the wallet holds ATP.",
+    ),
+    Operation(
+        "GET",
+        "/users/{user_id}/balance",
+        "get_balance",
+        "read",
+        "A user's balance, now or at a past moment",
+        "Balance",
+        query=(
+            Field(
+                "as_of",
+                "timestamp",
+                description="RFC 3339; the balance at that moment, replayed from the events",
+                example="2026-01-01T15:46:00Z",
+            ),
+        ),
+    ),
+    Operation(
+        "GET",
+        "/users/{user_id}/history",
+        "get_history",
+        "read",
+        "A user's money movements, newest first",
+        "History",
+        query=(
+            Field("limit", "integer", minimum=1, maximum=200, description="page size (50)"),
+            Field(
+                "cursor",
+                "text",
+                pattern=r"^[0-9]{1,18}$",
+                description="next_cursor of the previous page",
+            ),
+        ),
+    ),
+    Operation(
+        "POST",
+        "/transfers",
+        "transfer",
+        "write",
+        "Move ATP from one user to another",
+        "Transfer",
+        success=201,
+        needs_acting_user=True,
+        body=(
+            user_ref("from_user_id", "the sender: must equal X-Request-User-Id"),
+            user_ref("to_user_id"),
+            AMOUNT,
+            note("memo", "shown in both users' history"),
+        ),
+        description="X-Request-User-Id must equal from_user_id (else 403 unauthorized_transfer).",
+    ),
+    Operation(
+        "GET", "/transfers/{transfer_id}", "get_transfer", "read", "One transfer", "Transfer"
+    ),
+    Operation(
+        "POST",
+        "/admin/mint",
+        "mint",
+        "admin",
+        "Issue new ATP into a user's wallet",
+        "Mint",
+        success=201,
+        body=(user_ref("to_user_id"), AMOUNT, note("reason", "why, for the audit log")),
+    ),
+    Operation(
+        "POST",
+        "/admin/burn",
+        "burn",
+        "admin",
+        "Retire ATP from a user's wallet",
+        "Burn",
+        success=201,
+        body=(user_ref("from_user_id"), AMOUNT, note("reason", "why, for the audit log")),
+    ),
+    Operation(
+        "POST",
+        "/admin/users/{user_id}/freeze",
+        "freeze_wallet",
+        "admin",
+        "Freeze a user's wallet: it can neither send nor receive",
+        "User",
+        body=(note("reason", "why, for the audit log"),),
+        body_required=False,
+    ),
+    Operation(
+        "POST",
+        "/admin/users/{user_id}/unfreeze",
+        "unfreeze_wallet",
+        "admin",
+        "Unfreeze a user's wallet",
+        "User",
+        body=(note("reason", "why, for the audit log"),),
+        body_required=False,
+    ),
+    Operation(
+        "GET",
+        "/admin/events",
+        "list_events",
+        "admin",
+        "The global event feed in commit order",
+        "EventPage",
+        can_404=False,
+        query=(
+            Field(
+                "after",
+                "text",
+                pattern=r"^[0-9]{1,19}-[0-9]{1,18}$",
+                description="next_cursor of the previous page; every committed event comes once",
+            ),
+            Field("limit", "integer", minimum=1, maximum=1000, description="page size (100)"),
+        ),
+    ),
+)
