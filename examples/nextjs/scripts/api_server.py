@@ -4,10 +4,11 @@ and for regenerating its TypeScript types.
     .venv/bin/python examples/nextjs/scripts/api_server.py
 
 It starts a throw-away cluster (the one the Python tests use), migrates a database with
-`make migrate`, creates two API keys (the Next.js service's read,write key and an admin key for
-the test's setup), starts `python app.py serve` on a free port, and prints one JSON line:
+`make migrate`, creates API keys (the Next.js service's read,write key, an admin key for the
+test's setup, a key limited to one request a minute), starts `python app.py serve` on a free port, and prints one JSON line:
 
-    {"url": "http://127.0.0.1:PORT", "key": "sk_live_...", "admin_key": "sk_live_..."}
+    {"url": "http://127.0.0.1:PORT", "key": "sk_live_...", "admin_key": "...", "limited_key": "...",
+     "log": "/tmp/.../api.log"}
 
 It then runs until its standard input closes or it gets SIGTERM/SIGINT, and removes everything.
 The helpers come from tests/ (conftest.py, http_fixtures.py) by import, so this stays as small
@@ -57,6 +58,8 @@ def main() -> None:
         keys = {
             "key": create_key(superuser, "nextjs", ["read", "write"], 6000),
             "admin_key": create_key(superuser, "nextjs-test-admin", ["admin"], 6000),
+            # one request a minute: the browser test's real 429
+            "limited_key": create_key(superuser, "nextjs-test-limited", ["read", "write"], 1),
         }
         log_path = Path(scratch) / "api.log"
         server = start_server(url(cluster, DATABASE, "atp_app"), log_path)

@@ -42,9 +42,12 @@ export async function sendAtp(_previous: SendState, form: FormData): Promise<Sen
     const { amount, to_user_id } = result.transfer;
     return {
       status: 'sent',
-      message: result.replayed
-        ? `Already sent: ${amount} ATP to ${to_user_id} (this repeated submission did not pay again).`
-        : `Sent ${amount} ATP to ${to_user_id}.`,
+      // Replayed on our first attempt: the person submitted this form before (a double click, a
+      // resubmission after a lost answer). Replayed after our own retry: this submission's answer.
+      message:
+        result.replayed && result.attempts === 1
+          ? `Already sent: ${amount} ATP to ${to_user_id} (this repeated submission did not pay again).`
+          : `Sent ${amount} ATP to ${to_user_id}.`,
       idempotencyKey: newIdempotencyKey(),
     };
   }

@@ -93,11 +93,12 @@ async function Wallet({ user, cursor }: { user: string; cursor?: string }) {
 
 function HistoryRow({ item }: { item: HistoryItem }) {
   const outgoing = item.kind === 'transfer_out' || item.kind === 'burn';
+  const transfer = item.kind === 'transfer_in' || item.kind === 'transfer_out';
   return (
     <tr data-testid="history-row" data-kind={item.kind}>
       <td>{new Date(item.created_at).toISOString().replace('T', ' ').slice(0, 19)}</td>
       <td>{item.kind}</td>
-      <td>{item.counterparty ? <code>{item.counterparty.slice(0, 8)}…</code> : '—'}</td>
+      <td>{transfer && item.counterparty ? <code>{item.counterparty.slice(0, 8)}…</code> : '—'}</td>
       <td>{item.memo ?? ''}</td>
       <td className="num">
         {outgoing ? '−' : '+'}

@@ -40,7 +40,10 @@ export type Failure = {
   indeterminate: boolean;
 };
 
-export type SendResult = { ok: true; transfer: Transfer; replayed: boolean } | Failure;
+export type SendResult =
+  /** replayed: the API answered with the stored response of an earlier request with this key */
+  | { ok: true; transfer: Transfer; replayed: boolean; attempts: number }
+  | (Failure & { attempts: number });
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -73,7 +76,7 @@ export async function sendTransfer(
         signal: AbortSignal.timeout(timeoutMs),
       });
       if (data) {
-        return { ok: true, transfer: data, replayed: response.headers.get('Idempotent-Replayed') === 'true' };
+        return { ok: true, transfer: data, replayed: response.headers.get('Idempotent-Replayed') === 'true', attempts: attempt };
       }
       const failure: Failure = {
         ok: false,
@@ -83,12 +86,12 @@ export async function sendTransfer(
         retryAfter: retryAfterSeconds(response),
         indeterminate: response.status === 503,
       };
-      if (response.status !== 503 || attempt >= attempts) return failure;
+      if (response.status !== 503 || attempt >= attempts) return { ...failure, attempts: attempt };
       wait = (failure.retryAfter ?? 0) * 1000 || wait;
     } catch (cause) {
       // No answer: the transfer may or may not have happened. Only the same key makes a retry safe.
       if (attempt >= attempts) {
-        return { ok: false, error: 'network_error', message: String(cause), indeterminate: true };
+        return { ok: false, error: 'network_error', message: String(cause), indeterminate: true, attempts: attempt };
       }
     }
     await sleep(Math.min(wait, maxWaitMs));
