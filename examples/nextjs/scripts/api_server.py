@@ -5,7 +5,8 @@ and for regenerating its TypeScript types.
 
 It starts a throw-away cluster (the one the Python tests use), migrates a database with
 `make migrate`, creates API keys (the Next.js service's read,write key, an admin key for the
-test's setup, a key limited to one request a minute), starts `python app.py serve` on a free port, and prints one JSON line:
+test's setup, a key limited to one request a minute), starts `python app.py serve` on a free
+port, and prints one JSON line:
 
     {"url": "http://127.0.0.1:PORT", "key": "sk_live_...", "admin_key": "...", "limited_key": "...",
      "log": "/tmp/.../api.log"}
