@@ -137,3 +137,40 @@ backup-drill: $(STAMP)
 	    else echo "pgBackRest is missing: install it (Debian: sudo apt-get install pgbackrest)"; exit 1; fi; }
 	@command -v initdb >/dev/null || { echo "PostgreSQL server binaries not found (Debian: apt-get install postgresql-15)"; exit 1; }
 	PG_BINDIR=$(PG_BINDIR) $(PY) bench/backup_drill.py
+
+# --- Next.js example: examples/nextjs (README "Calling from Next.js") -------------------------
+# make test-nextjs: npm ci, then examples/nextjs/tests/e2e.test.mjs: the API on a temporary
+# database, `next build`, `next start`, Debian's chromium (installed when we are root); not part
+# of `make test`. make types regenerates the TypeScript types from the running API's
+# /openapi.json (after any change to a route); make check-types says whether they are current.
+NEXTJS := examples/nextjs
+NEXTJS_STAMP := $(NEXTJS)/node_modules/.installed-$(shell cksum < $(NEXTJS)/package-lock.json | cut -d' ' -f1)
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: test-nextjs check-types types nextjs-node nextjs-chromium
+
+nextjs-node:
+	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' 2>/dev/null \
+	    || { echo "Node.js 20+ and npm are needed for examples/nextjs (https://nodejs.org, or your distribution's nodejs 20+)"; exit 1; }
+
+$(NEXTJS_STAMP): $(NEXTJS)/package-lock.json | nextjs-node
+	cd $(NEXTJS) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+nextjs-chromium:
+	@test -x "$(CHROMIUM)" || { \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+	        || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); \
+	    else echo "Chromium is missing: install it (Debian: sudo apt-get install chromium) or set CHROMIUM=/path"; exit 1; fi; }
+
+test-nextjs: $(STAMP) $(NEXTJS_STAMP) nextjs-chromium
+	@command -v initdb >/dev/null || { echo "PostgreSQL server binaries not found (Debian: apt-get install postgresql-15)"; exit 1; }
+	cd $(NEXTJS) && PY="$(abspath $(PY))" CHROMIUM="$(CHROMIUM)" NEXT_TELEMETRY_DISABLED=1 \
+	    node --test --test-concurrency=1 tests/
+
+check-types: $(STAMP) $(NEXTJS_STAMP)
+	cd $(NEXTJS) && PY="$(abspath $(PY))" node scripts/types.mjs --check
+
+types: $(STAMP) $(NEXTJS_STAMP)
+	cd $(NEXTJS) && PY="$(abspath $(PY))" node scripts/types.mjs
