@@ -1,9 +1,10 @@
-"""`make bench-ablation`: what each part of api.transfer costs in PostgreSQL CPU.
+"""`make bench-ablation`: what the size of the record costs in PostgreSQL CPU.
 
 A cluster prepared by bench/bench.py (migrated, 10,000 users, the API key), then pgbench, in
-interleaved rounds: the baseline, api.transfer, and api.transfer without one part or several
-(a trigger dropped for the run, or a copy of api.transfer / ledger.post_journal with the part
-cut out). CPU: the postmaster and its exited backends, per transaction; autovacuum and timed
+interleaved rounds: the baseline, api.transfer, and copies of api.transfer whose
+ledger.post_journal writes a smaller record (the options for the data model: journal lines as
+the account event stream, an audit row slimmed to what the journal does not hold). CPU: the
+postmaster and its exited backends, per transaction; autovacuum and timed
 checkpoints off, synchronous_commit off unless BENCH_ABLATION_DURABLE=1. Writes
 bench/out/ablation.md and bench/out/ablation.json.
 """
@@ -28,53 +29,40 @@ import bench as harness
 
 SQL = harness.ROOT / "sql"
 WORK = harness.OUT / "ablation"
-# The parts of api.transfer that a variant can leave out. A trigger part drops the trigger for
-# the run (and re-creates it after); the others cut the SQL text of a copy of api.transfer or
-# ledger.post_journal, applied before renaming: (regex, replacement), each must match once.
-TRIGGERS = {
-    "projection": ("ledger.events", "events_project"),
-    "balance_check": ("ledger.ledger_entries", "ledger_entries_balanced"),
-    "audit_hash": ("ledger.audit_log", "audit_log_hash"),
+# The parts of the write that a variant changes: cuts of the SQL text of a copy of
+# ledger.post_journal (which api.transfer's copy then calls), applied before renaming:
+# (regex, replacement, how many matches it must have).
+JOURNAL_CUTS: dict[str, list[tuple[str, str, int]]] = {
+    "idempotency": [(r"WHERE post_journal\.idempotency_key IS NOT NULL", "WHERE false", 1)],
+    "audit": [(r"\), audited AS \(.*?AS tx_id\) r\s*\)", ")", 1)],
+    # The audit row keeps who, when, what and which journal; the before and after states, which
+    # the journal lines (balance_after) and the stored response already hold, go.
+    "slim_audit": [(r"post_journal\.(before|after)_state", "NULL::jsonb", 4)],
+    # Journal lines as the account event stream: no AccountDebited/AccountCredited row per line
+    # (the line would carry the version and the event's columns; here it is measured as it is).
+    "journal_events": [
+        (r"FROM moved m\n        UNION ALL", "FROM moved m WHERE false\n        UNION ALL", 1)
+    ],
 }
-NO_AUTH_CTX = (
-    "_ctx := ROW('{key_id}'::uuid, session_user, transfer.request_user_id,"
-    " transfer.correlation_id, transfer.client_addr, '{key_id}')::ledger.request_context;"
-)
-TRANSFER_CUTS = {
-    "auth": [(r"_ctx := ledger\.authorize\(.*?\);", NO_AUTH_CTX)],
-    "idempotency": [(r"_stored := ledger\.idempotency_lookup\(.*?\);", "")],
-}
-JOURNAL_CUTS = {
-    "idempotency": [(r"WHERE post_journal\.idempotency_key IS NOT NULL;", "WHERE false;")],
-    "audit": [(r"\), audited AS \(.*?'\\x'::bytea\)\s*\)", ")")],
-}
-# Each variant: the parts it leaves out. The single cuts say what each part costs; the
-# cumulative ones (a staircase, each step leaving out one part more) say how close to the
-# baseline a transfer gets without them, down to the events and journal lines alone.
+# Each variant: the parts it changes. The first two are the options for the data model that the
+# next decision about it needs numbers for; the last leaves out the audit row altogether.
 VARIANTS: dict[str, tuple[str, ...]] = {
     "baseline": (),
     "full": (),
-    "no_projection": ("projection",),
-    "no_balance_check": ("balance_check",),
-    "no_audit_hash": ("audit_hash",),
-    "no_auth": ("auth",),
-    "no_idempotency": ("idempotency",),
+    "slim_audit": ("slim_audit",),
+    "journal_as_events": ("journal_events",),
+    "journal_as_events_slim_audit": ("journal_events", "slim_audit"),
     "no_audit": ("audit",),
-    "no_auth_idempotency": ("auth", "idempotency"),
-    "no_auth_idempotency_audit": ("auth", "idempotency", "audit"),
-    "no_auth_idempotency_audit_check": ("auth", "idempotency", "audit", "balance_check"),
-    "events_and_lines_only": ("auth", "idempotency", "audit", "balance_check", "projection"),
+    "no_idempotency": ("idempotency",),
 }
 PART_TEXT = {
-    "projection": "trigger events_project (balances and snapshots do not move)",
-    "balance_check": "trigger ledger_entries_balanced (journal balance check)",
-    "audit_hash": "trigger audit_log_hash (the audit row's hash)",
-    "auth": "ledger.authorize (API key lookup, rate limit): a fixed request context",
-    "idempotency": "ledger.idempotency_lookup and the idempotency_keys insert",
-    "audit": "the audit_log insert (and so its hash trigger)",
+    "slim_audit": "the audit row without before/after states (what the journal already holds)",
+    "journal_events": "no event row per journal line (journal lines as the account event stream)",
+    "audit": "the audit_log insert",
+    "idempotency": "the idempotency_keys insert",
 }
 LEFT_OUT = {
-    "baseline": "plain tables: lock 2 rows, update 2 balances, insert 2 entries",
+    "baseline": "plain tables: lock 2 rows, update 2 balances, insert 2 entries (numeric(21,8))",
     "full": "nothing: api.transfer as it is (bench/db_transfer.sql)",
 } | {
     name: "; ".join(PART_TEXT[part] for part in parts) for name, parts in VARIANTS.items() if parts
@@ -83,45 +71,42 @@ LEFT_OUT = {
 
 def copied(name: str) -> bool:
     """Whether the variant calls a cut copy of api.transfer (else api.transfer itself)."""
-    return any(part in TRANSFER_CUTS or part in JOURNAL_CUTS for part in VARIANTS[name])
+    return bool(VARIANTS[name])
 
 
-def sub_once(text: str, pattern: str, replacement: str, what: str) -> str:
+def sub_once(text: str, pattern: str, replacement: str, what: str, times: int = 1) -> str:
     new, count = re.subn(pattern, lambda _: replacement, text, flags=re.DOTALL)
-    if count != 1:
-        raise SystemExit(f"ablation: {what}: {pattern!r} matched {count} times, not once")
+    if count != times:
+        raise SystemExit(f"ablation: {what}: {pattern!r} matched {count} times, not {times}")
     return new
 
 
-def function_sql(path: Path, old: str, new: str, cuts: list[tuple[str, str]]) -> str:
+def function_sql(path: Path, old: str, new: str, cuts: list[tuple[str, str, int]]) -> str:
     """The CREATE FUNCTION statement of path, cut, and renamed from schema.old to schema.new
     (including the function-name qualifier of its parameters, e.g. transfer.amount)."""
     text = path.read_text()
     start = text.index("CREATE OR REPLACE FUNCTION")
     text = text[start : text.index("\n$$;", start) + 4]
-    for pattern, replacement in cuts:
-        text = sub_once(text, pattern, replacement, f"{path.name}")
+    for pattern, replacement, times in cuts:
+        text = sub_once(text, pattern, replacement, f"{path.name}", times)
     schema = "api" if path.parent.name == "api" else "ledger"
     text = sub_once(text, rf"FUNCTION {schema}\.{old}\(", f"FUNCTION {schema}.{new}(", path.name)
     return re.sub(rf"\b{old}\.", f"{new}.", text)
 
 
-def variant_sql(name: str, key_id: str) -> list[str]:
-    parts = VARIANTS[name]
-    cuts = [
-        (p, r.replace("{key_id}", key_id)) for part in parts for p, r in TRANSFER_CUTS.get(part, [])
+def variant_sql(name: str) -> list[str]:
+    journal = f"ablation_post_journal_{name}"
+    cuts = [cut for part in VARIANTS[name] for cut in JOURNAL_CUTS[part]]
+    return [
+        function_sql(SQL / "ledger" / "post_journal.sql", "post_journal", journal, cuts),
+        function_sql(
+            SQL / "api" / "transfer.sql",
+            "transfer",
+            f"ablation_{name}",
+            [(r"ledger\.post_journal\(", f"ledger.{journal}(", 1)],
+        ),
+        f"GRANT EXECUTE ON FUNCTION api.ablation_{name} TO atp_app",
     ]
-    statements: list[str] = []
-    journal_cuts = [cut for part in parts for cut in JOURNAL_CUTS.get(part, [])]
-    if journal_cuts:
-        journal = f"ablation_post_journal_{name}"
-        path = SQL / "ledger" / "post_journal.sql"
-        statements.append(function_sql(path, "post_journal", journal, journal_cuts))
-        cuts.append((r"ledger\.post_journal\(", f"ledger.{journal}("))
-    path = SQL / "api" / "transfer.sql"
-    statements.append(function_sql(path, "transfer", f"ablation_{name}", cuts))
-    statements.append(f"GRANT EXECUTE ON FUNCTION api.ablation_{name} TO atp_app")
-    return statements
 
 
 def setup(bench: harness.Bench) -> None:
@@ -132,7 +117,7 @@ def setup(bench: harness.Bench) -> None:
     with bench.cluster.connect() as conn:
         conn.execute("SET ROLE atp_owner")
         for name in filter(copied, VARIANTS):
-            for statement in variant_sql(name, bench.key_id):
+            for statement in variant_sql(name):
                 conn.execute(statement.encode())
             call = sub_once(script, r"api\.transfer\(", f"api.ablation_{name}(", "db_transfer.sql")
             (WORK / f"{name}.sql").write_text(call)
@@ -185,23 +170,11 @@ def wait_for_backends(pm: int, timeout: float = 60) -> None:
     raise SystemExit("ablation: client backends still there 60 s after pgbench ended")
 
 
-def before_run(bench: harness.Bench, name: str) -> list[str]:
-    """Drops the variant's triggers, if any (all of each: DISABLE would leave the transition
-    table and the queueing of AFTER events), then the same start for every run: the updated
-    tables vacuumed, a checkpoint. Returns the statements that re-create the triggers."""
-    recreate: list[str] = []
+def before_run(bench: harness.Bench) -> None:
+    """The same start for every run: the updated tables vacuumed, a checkpoint."""
     with bench.cluster.connect() as conn:
-        for table, trigger in (TRIGGERS[p] for p in VARIANTS[name] if p in TRIGGERS):
-            row = conn.execute("SELECT pg_get_triggerdef(oid) FROM pg_trigger"
-                               " WHERE tgrelid = %s::regclass AND tgname = %s", [table, trigger],
-                               ).fetchone()  # fmt: skip
-            if row is None:
-                raise SystemExit(f"ablation: trigger {trigger} on {table} not found")
-            recreate.append(str(row[0]))
-            conn.execute(f"DROP TRIGGER {trigger} ON {table}".encode())
         conn.execute("VACUUM ledger.balances, ledger.api_keys, bench_accounts")
         conn.execute("CHECKPOINT")
-    return recreate
 
 
 def run(bench: harness.Bench, name: str, pm: int) -> dict[str, float]:
@@ -212,7 +185,7 @@ def run(bench: harness.Bench, name: str, pm: int) -> dict[str, float]:
     elif copied(name):
         script = WORK / f"{name}.sql"
     variables = {"users": str(config.users), "key_hash": bench.key_hash}  # baseline: unused
-    recreate = before_run(bench, name)
+    before_run(bench)
     wait_for_backends(pm)
     before, label = pg_ticks(pm), f"ablation-{name}"
     usage: dict[str, Any] = {}
@@ -221,9 +194,6 @@ def run(bench: harness.Bench, name: str, pm: int) -> dict[str, float]:
                                  config.seconds, log=False)  # fmt: skip
     wait_for_backends(pm)
     after = pg_ticks(pm)
-    with bench.cluster.connect() as conn:
-        for statement in recreate:
-            conn.execute(statement.encode())
     output = (harness.OUT / "pgbench" / label / "pgbench.out").read_text()
     done = re.search(r"number of transactions actually processed: (\d+)", output)
     if result.errors or done is None or int(done.group(1)) == 0:

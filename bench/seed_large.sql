@@ -1,6 +1,6 @@
 -- The large store: :transfers transfers of 1.00000000 ATP between random pairs of the
 -- :users bench users (user i is md5(i)::uuid), appended in bulk as the superuser, with
--- exactly the rows api.transfer writes (ledger.post_journal and ledger.project_event):
+-- exactly the rows api.transfer writes (ledger.post_journal):
 -- per transfer an AccountDebited and an AccountCredited event (versions contiguous per
 -- account), a debit and a credit journal line (balance_after), a snapshot at every 100th
 -- version, and the balances' balance/version/last_event_id/updated_at moved to the last
@@ -13,9 +13,7 @@
 SET work_mem = '1GB';
 SET maintenance_work_mem = '1GB';
 BEGIN;
--- Triggers off for this session only (superuser): the projection trigger would update
--- balances once per event; the balances are written once per account below instead.
-SET LOCAL session_replication_role = replica;
+-- No trigger fires on INSERT; the balances are written once per account below.
 
 CREATE TEMP TABLE seed_wallets ON COMMIT DROP AS
 SELECT i, u.id AS user_id, a.id AS account_id, b.version AS version0, b.balance AS balance0,
