@@ -25,6 +25,7 @@ help:
 	@echo "make bench-ablation  what each part of api.transfer costs in PostgreSQL CPU"
 	@echo "make bench-month-turn  transfers and history reads through midnight of a month's last day"
 	@echo "make backup-drill  pgBackRest backup, WAL archiving, restore to a timestamp, ledger verified"
+	@echo "make faults  bank workload over HTTP with PostgreSQL and server workers killed (bench/faults.py)"
 
 $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
@@ -174,3 +175,18 @@ check-types: $(STAMP) $(NEXTJS_STAMP)
 
 types: $(STAMP) $(NEXTJS_STAMP)
 	cd $(NEXTJS) && PY="$(abspath $(PY))" node scripts/types.mjs
+# --- faults ---------------------------------------------------------------------------------
+# A bank workload over HTTP with the postmaster SIGKILLed, server workers SIGKILLed (also between
+# the commit and the response), the database paused; then exactly-once, totals, projections, the
+# audit chain, the event feed, secrets in logs and dumps, and data checksums (bench/faults.py,
+# bench/README.md "Faults"). First the HTTP model test with ten times its examples. A few minutes;
+# not part of `make test`. FAULTS_ROUNDS (3) times each fault, FAULTS_WRITERS (16).
+FAULTS_ROUNDS ?= 3
+FAULTS_WRITERS ?= 16
+
+.PHONY: faults
+faults: $(STAMP) deps
+	HYPOTHESIS_PROFILE=faults $(PY) -m pytest -q tests/test_http_model.py
+	FAULTS_ROUNDS=$(FAULTS_ROUNDS) FAULTS_WRITERS=$(FAULTS_WRITERS) PG_BINDIR=$(PG_BINDIR) \
+	    $(PY) bench/faults.py
+# --- end faults ------------------------------------------------------------------------------

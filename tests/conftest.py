@@ -45,7 +45,7 @@ class Cluster(testing.postgresql.Postgresql):
             for path in (self.base_dir, *(Path(self.base_dir) / d for d in self.subdirectories)):
                 os.chown(path, user.pw_uid, user.pw_gid)
         data = os.path.join(self.base_dir, "data")
-        initdb = [self.initdb, "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8"]
+        initdb = [self.initdb, "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "-k"]
         subprocess.run(
             [*as_user(pg_user()), *initdb, "--no-locale", "--lc-messages=C"],
             check=True,
