@@ -31,6 +31,7 @@ DECLARE
     _ctx ledger.request_context;
     _hold ledger.holds;
     _at timestamptz;
+    _expires_in integer := COALESCE(create_hold.expires_in_seconds, 3600);  -- NULL: absent from the request
 BEGIN
     -- The three statements of api.transfer: caller, locks, post (which also writes the hold).
     SELECT * INTO _c FROM ledger.caller(create_hold.api_key_hash, 'write', create_hold.idempotency_key,
@@ -49,7 +50,7 @@ BEGIN
     _hash := COALESCE(create_hold.request_hash, ledger.fingerprint('create_hold', jsonb_build_object(
         'from_user_id', create_hold.from_user_id, 'to_user_id', create_hold.to_user_id,
         'amount', trim_scale(create_hold.amount), 'memo', create_hold.memo,
-        'expires_in_seconds', create_hold.expires_in_seconds)));
+        'expires_in_seconds', _expires_in)));
     _problem := ledger.amount_problem(create_hold.amount);
     IF _problem IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = _problem;
@@ -59,7 +60,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'to_user_id is required';
     ELSIF create_hold.from_user_id = create_hold.to_user_id THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'a hold needs two different users';
-    ELSIF create_hold.expires_in_seconds IS NULL OR create_hold.expires_in_seconds NOT BETWEEN 1 AND 2592000 THEN
+    ELSIF _expires_in NOT BETWEEN 1 AND 2592000 THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'expires_in_seconds must be between 1 and 2592000';
     END IF;
 
@@ -95,7 +96,7 @@ BEGIN
     _at := clock_timestamp();
     _hold := ROW(ledger.uuid_v7(), create_hold.from_user_id, create_hold.to_user_id, _debit.account_id,
                  _credit.account_id, create_hold.amount, 0, 'pending', create_hold.memo,
-                 _at + make_interval(secs => create_hold.expires_in_seconds), NULL, _at, NULL, 1);
+                 _at + make_interval(secs => _expires_in), NULL, _at, NULL, 1);
     body := ledger.hold_json(_hold);
     _ctx := ROW(_c.api_key_id, _c.actor, create_hold.request_user_id, create_hold.correlation_id,
                 create_hold.client_addr, _c.scope);
@@ -126,7 +127,7 @@ GRANT EXECUTE ON FUNCTION api.create_hold(uuid, uuid, numeric, text, integer, uu
 COMMENT ON FUNCTION api.create_hold(uuid, uuid, numeric, text, integer, uuid, text, text, uuid, text, inet) IS
 'Reserves amount ATP of the sender for the receiver (a two-phase transfer): the sender''s available balance falls,
 the posted balance does not move. The acting user (request_user_id) must be the sender. The hold expires after
-expires_in_seconds (1 to 2592000, default 3600); capture it with api.capture_hold, release it with api.void_hold.
+expires_in_seconds (1 to 2592000; default, or NULL, 3600); capture it with api.capture_hold, release it with api.void_hold.
 Needs write. Errors: L4001 invalid_request, L4002 insufficient_balance, L4003 account_frozen,
 L4032 unauthorized_transfer, L4041 user_not_found, L4091 idempotency_conflict.
 Returns (status 201, body, replayed). Example:

@@ -2,7 +2,7 @@
 -- reserve (transfer, burn and another hold are checked against it), their events, journal lines and
 -- audit rows, every error, idempotency, delete_user's refusal, verify and rebuild of held.
 BEGIN;
-SELECT plan(89);
+SELECT plan(88);
 
 CREATE TEMP TABLE k (name text PRIMARY KEY, id uuid, key text, hash text);
 INSERT INTO k
@@ -112,7 +112,7 @@ SELECT throws_ok(format($$SELECT * FROM api.create_hold('a11ce000-0000-4000-8000
                    'b0b00000-0000-4000-8000-000000000002', 1, expires_in_seconds => %s,
                    request_user_id => 'a11ce000-0000-4000-8000-000000000001')$$, s),
                  'L4001', NULL, 'expires_in_seconds ' || s || ' is invalid_request')
-  FROM unnest(ARRAY['0', '-5', '2592001', 'NULL']) AS s;
+  FROM unnest(ARRAY['0', '-5', '2592001']) AS s;
 SELECT lives_ok($$SELECT * FROM api.create_hold('a11ce000-0000-4000-8000-000000000001',
                    'b0b00000-0000-4000-8000-000000000002', 1, expires_in_seconds => 2592000,
                    request_user_id => 'a11ce000-0000-4000-8000-000000000001')$$,
