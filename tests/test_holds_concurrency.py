@@ -24,7 +24,8 @@ from test_concurrency import (
 
 def held_and_balance(dba: psycopg.Connection, user: uuid.UUID) -> tuple[Decimal, Decimal]:
     row = dba.execute(
-        """SELECT b.held, b.balance FROM ledger.balances b JOIN ledger.accounts a ON a.id = b.account_id
+        """SELECT b.held, b.balance
+             FROM ledger.balances b JOIN ledger.accounts a ON a.id = b.account_id
             WHERE a.user_id = %s AND a.account_type = 'user_wallet'""",
         [user],
     ).fetchone()
@@ -41,7 +42,7 @@ def test_holds_transfers_and_burns_never_spend_reserved_money(
     barrier = threading.Barrier(clients, timeout=BARRIER_TIMEOUT)
 
     def client(index: int) -> list[tuple[str, Decimal, Outcome]]:
-        rng = random.Random(index)
+        rng = random.Random(index)  # noqa: S311 (reproducible test data)
         done = []
         with connect(database) as conn:
             barrier.wait()
@@ -50,20 +51,36 @@ def test_holds_transfers_and_burns_never_spend_reserved_money(
                 target = rng.choice(others)
                 kind = rng.choice(["hold", "hold", "transfer", "burn"])
                 if kind == "hold":
-                    outcome = call(conn, "create_hold", from_user_id=payer, to_user_id=target,
-                                   amount=amount, request_user_id=payer)  # fmt: skip
+                    outcome = call(
+                        conn,
+                        "create_hold",
+                        from_user_id=payer,
+                        to_user_id=target,
+                        amount=amount,
+                        request_user_id=payer,
+                    )
                 elif kind == "transfer":
-                    outcome = call(conn, "transfer", from_user_id=payer, to_user_id=target,
-                                   amount=amount, request_user_id=payer)  # fmt: skip
+                    outcome = call(
+                        conn,
+                        "transfer",
+                        from_user_id=payer,
+                        to_user_id=target,
+                        amount=amount,
+                        request_user_id=payer,
+                    )
                 else:
                     outcome = call(conn, "burn", from_user_id=payer, amount=amount)
                 assert outcome.ok or outcome.error == "L4002", outcome
                 done.append((kind, amount, outcome))
         return done
 
-    results = [r for rs in run_parallel(*[lambda i=i: client(i) for i in range(clients)]) for r in rs]
-    spent = {kind: sum((a for k, a, o in results if k == kind and o.ok), Decimal(0))
-             for kind in ("hold", "transfer", "burn")}  # fmt: skip
+    results = [
+        r for rs in run_parallel(*[lambda i=i: client(i) for i in range(clients)]) for r in rs
+    ]
+    spent = {
+        kind: sum((a for k, a, o in results if k == kind and o.ok), Decimal(0))
+        for kind in ("hold", "transfer", "burn")
+    }
     assert any(not o.ok for _, _, o in results), "the wallet was never exhausted: test too weak"
     held, balance = held_and_balance(dba, payer)
     assert held == spent["hold"]
@@ -87,8 +104,14 @@ def test_capture_racing_void_settles_once(database: str, dba: psycopg.Connection
     payer, payee = make_users(dba, 2, "racer")
     assert call(dba, "mint", to_user_id=payer, amount=Decimal(100)).ok
     for round_ in range(12):
-        created = call(dba, "create_hold", from_user_id=payer, to_user_id=payee,
-                       amount=Decimal(5), request_user_id=payer)  # fmt: skip
+        created = call(
+            dba,
+            "create_hold",
+            from_user_id=payer,
+            to_user_id=payee,
+            amount=Decimal(5),
+            request_user_id=payer,
+        )
         assert created.ok, created
         hold_id = created.body["hold_id"]  # type: ignore[index]
         contenders = [
@@ -102,7 +125,8 @@ def test_capture_racing_void_settles_once(database: str, dba: psycopg.Connection
         status = dba.execute("SELECT status FROM ledger.holds WHERE id = %s", [hold_id]).fetchone()
         assert status in (("captured",), ("voided",))
         events = dba.execute(
-            "SELECT count(*) FROM ledger.events WHERE aggregate_type = 'hold' AND aggregate_id = %s",
+            "SELECT count(*) FROM ledger.events"
+            " WHERE aggregate_type = 'hold' AND aggregate_id = %s",
             [hold_id],
         ).fetchone()
         assert events == (2,)
@@ -118,8 +142,14 @@ def test_capture_racing_expiry_settles_once(database: str, dba: psycopg.Connecti
     assert call(dba, "mint", to_user_id=payer, amount=Decimal(100)).ok
     holds = []
     for _ in range(20):
-        created = call(dba, "create_hold", from_user_id=payer, to_user_id=payee,
-                       amount=Decimal(2), request_user_id=payer)  # fmt: skip
+        created = call(
+            dba,
+            "create_hold",
+            from_user_id=payer,
+            to_user_id=payee,
+            amount=Decimal(2),
+            request_user_id=payer,
+        )
         assert created.ok, created
         holds.append(created.body["hold_id"])  # type: ignore[index]
     # The clock, driven: every hold expires at one moment just ahead, then captures and the
@@ -155,7 +185,8 @@ def test_capture_racing_expiry_settles_once(database: str, dba: psycopg.Connecti
             GROUP BY h.id, h.status"""
     ).fetchall()
     assert sorted(status for status, _ in rows) == sorted(
-        ["captured"] * won + ["expired"] * expired)  # fmt: skip
+        ["captured"] * won + ["expired"] * expired
+    )
     assert all(count == 2 for _, count in rows)
     held, balance = held_and_balance(dba, payer)
     assert (held, balance) == (0, 100 - 2 * won)

@@ -54,11 +54,18 @@ def test_purchase_hold_capture_part_release_rest(api: Api, admin_key: str) -> No
     h = created.json()
     assert UUID_RE.match(h["hold_id"])
     assert (h["status"], h["amount"], h["captured_amount"], h["memo"]) == (
-        "pending", "30.00000000", "0.00000000", "order 17")  # fmt: skip
+        "pending",
+        "30.00000000",
+        "0.00000000",
+        "order 17",
+    )
     expires = datetime.fromisoformat(h["expires_at"]) - datetime.fromisoformat(h["created_at"])
     assert expires == timedelta(hours=1)
     assert wallet(api, admin_key, alice) == {
-        "balance": "100.00000000", "available": "70.00000000", "held": "30.00000000"}  # fmt: skip
+        "balance": "100.00000000",
+        "available": "70.00000000",
+        "held": "30.00000000",
+    }
     assert api.request("GET", f"/holds/{h['hold_id']}", admin_key).json() == h
 
     captured = api.request(
@@ -66,16 +73,26 @@ def test_purchase_hold_capture_part_release_rest(api: Api, admin_key: str) -> No
     )
     assert captured.status_code == 200, captured.text
     c = captured.json()
-    assert (c["status"], c["captured_amount"], c["amount"]) == ("captured", "20.00000000", "30.00000000")
+    assert (c["status"], c["captured_amount"], c["amount"]) == (
+        "captured",
+        "20.00000000",
+        "30.00000000",
+    )
     assert UUID_RE.match(c["transfer_id"])
     assert wallet(api, admin_key, alice) == {
-        "balance": "80.00000000", "available": "80.00000000", "held": "0.00000000"}  # fmt: skip
+        "balance": "80.00000000",
+        "available": "80.00000000",
+        "held": "0.00000000",
+    }
     assert wallet(api, admin_key, shop)["balance"] == "20.00000000"
     assert api.request("GET", f"/holds/{h['hold_id']}", admin_key).json() == c
 
     transfer = api.request("GET", f"/transfers/{c['transfer_id']}", admin_key).json()
     assert (transfer["from_user_id"], transfer["to_user_id"], transfer["amount"]) == (
-        alice, shop, "20.00000000")  # fmt: skip
+        alice,
+        shop,
+        "20.00000000",
+    )
     for user, kind in ((alice, "transfer_out"), (shop, "transfer_in")):
         item = api.request("GET", f"/users/{user}/history", admin_key).json()["items"][0]
         assert (item["id"], item["kind"], item["hold_id"]) == (c["transfer_id"], kind, h["hold_id"])
@@ -107,7 +124,10 @@ def test_capture_all_by_default_and_void(api: Api, admin_key: str) -> None:
     assert voided.status_code == 200, voided.text
     assert (voided.json()["status"], voided.json()["captured_amount"]) == ("voided", "0.00000000")
     assert wallet(api, admin_key, alice) == {
-        "balance": "90.00000000", "available": "90.00000000", "held": "0.00000000"}  # fmt: skip
+        "balance": "90.00000000",
+        "available": "90.00000000",
+        "held": "0.00000000",
+    }
 
 
 def test_reserved_money_cannot_be_spent(api: Api, admin_key: str) -> None:
@@ -131,19 +151,25 @@ def test_hold_errors(api: Api, admin_key: str) -> None:
     carol = api.new_user(admin_key)["user_id"]
     body = {"from_user_id": alice, "to_user_id": bob, "amount": "1"}
     expect_error(
-        api.request("POST", "/holds", admin_key, body, acting_user=bob), 403, "unauthorized_transfer"
+        api.request("POST", "/holds", admin_key, body, acting_user=bob),
+        403,
+        "unauthorized_transfer",
     )
-    for wrong in ({"expires_in_seconds": 0}, {"expires_in_seconds": 2592001}, {"amount": 1},
-                  {"amount": "0"}, {"to_user_id": alice}, {"surprise": 1}):  # fmt: skip
+    for wrong in (
+        {"expires_in_seconds": 0},
+        {"expires_in_seconds": 2592001},
+        {"amount": 1},
+        {"amount": "0"},
+        {"to_user_id": alice},
+        {"surprise": 1},
+    ):
         expect_error(
             api.request("POST", "/holds", admin_key, body | wrong, acting_user=alice),
             400,
             "invalid_request",
         )
     expect_error(hold(api, admin_key, alice, str(uuid.uuid4()), "1"), 404, "user_not_found")
-    expect_error(
-        api.request("GET", f"/holds/{uuid.uuid4()}", admin_key), 404, "not_found"
-    )
+    expect_error(api.request("GET", f"/holds/{uuid.uuid4()}", admin_key), 404, "not_found")
     for action in ("capture", "void"):
         expect_error(
             api.request("POST", f"/holds/{uuid.uuid4()}/{action}", admin_key, acting_user=alice),
@@ -196,17 +222,25 @@ def test_idempotency(api: Api, admin_key: str) -> None:
     assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
     assert wallet(api, admin_key, alice)["held"] == "5.00000000"
     expect_error(
-        api.request("POST", "/holds", admin_key, body | {"amount": "6"}, idempotency_key=key,
-                    acting_user=alice),  # fmt: skip
+        api.request(
+            "POST",
+            "/holds",
+            admin_key,
+            body | {"amount": "6"},
+            idempotency_key=key,
+            acting_user=alice,
+        ),
         409,
         "idempotency_conflict",
     )
     path = f"/holds/{first.json()['hold_id']}/capture"
     capture_key = str(uuid.uuid4())
-    one = api.request("POST", path, admin_key, {"amount": "2"}, idempotency_key=capture_key,
-                      acting_user=bob)  # fmt: skip
-    two = api.request("POST", path, admin_key, {"amount": "2"}, idempotency_key=capture_key,
-                      acting_user=bob)  # fmt: skip
+    one = api.request(
+        "POST", path, admin_key, {"amount": "2"}, idempotency_key=capture_key, acting_user=bob
+    )
+    two = api.request(
+        "POST", path, admin_key, {"amount": "2"}, idempotency_key=capture_key, acting_user=bob
+    )
     assert one.status_code == two.status_code == 200 and one.json() == two.json()
     assert two.headers["idempotent-replayed"] == "true"
     assert wallet(api, admin_key, bob)["balance"] == "2.00000000"
@@ -226,7 +260,10 @@ def test_expired_hold(api: Api, admin_key: str) -> None:
     assert wallet(api, admin_key, alice)["available"] == "75.00000000"  # not released yet
     api.dba.execute("SELECT api.run_maintenance()")
     assert wallet(api, admin_key, alice) == {
-        "balance": "100.00000000", "available": "100.00000000", "held": "0.00000000"}  # fmt: skip
+        "balance": "100.00000000",
+        "available": "100.00000000",
+        "held": "0.00000000",
+    }
     assert api.dba.execute("SELECT api.verify_projections() ->> 'ok'").fetchone() == ("true",)
 
 
