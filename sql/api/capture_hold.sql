@@ -39,6 +39,11 @@ BEGIN
     IF _c.api_key_id IS NOT NULL AND _c.stale_last_used THEN
         PERFORM ledger.touch_api_key(_c.api_key_id);
     END IF;
+    -- Before the key's stored response is looked at: a request without an acting user is refused as such.
+    IF capture_hold.request_user_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4032',
+            MESSAGE = 'the acting user (request_user_id) must be the sender or the receiver of the hold';
+    END IF;
     _hash := COALESCE(capture_hold.request_hash, ledger.fingerprint('capture_hold', jsonb_build_object(
         'hold_id', capture_hold.hold_id, 'amount', trim_scale(capture_hold.amount),
         'request_user_id', capture_hold.request_user_id)));
@@ -60,8 +65,7 @@ BEGIN
             RETURN;
         END IF;
         RAISE EXCEPTION USING ERRCODE = 'L4042', MESSAGE = format('hold %s not found', capture_hold.hold_id);
-    ELSIF capture_hold.request_user_id IS NULL
-          OR capture_hold.request_user_id NOT IN (_hold.from_user_id, _hold.to_user_id) THEN
+    ELSIF capture_hold.request_user_id NOT IN (_hold.from_user_id, _hold.to_user_id) THEN
         RAISE EXCEPTION USING ERRCODE = 'L4032',
             MESSAGE = 'the acting user (request_user_id) must be the sender or the receiver of the hold';
     ELSIF _hold.status <> 'pending' OR _hold.expires_at <= now() THEN

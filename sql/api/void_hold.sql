@@ -33,6 +33,11 @@ BEGIN
     IF _c.api_key_id IS NOT NULL AND _c.stale_last_used THEN
         PERFORM ledger.touch_api_key(_c.api_key_id);
     END IF;
+    -- Before the key's stored response is looked at: a request without an acting user is refused as such.
+    IF void_hold.request_user_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4032',
+            MESSAGE = 'the acting user (request_user_id) must be the sender or the receiver of the hold';
+    END IF;
     _hash := COALESCE(void_hold.request_hash, ledger.fingerprint('void_hold', jsonb_build_object(
         'hold_id', void_hold.hold_id, 'request_user_id', void_hold.request_user_id)));
 
@@ -46,8 +51,7 @@ BEGIN
             RETURN;
         END IF;
         RAISE EXCEPTION USING ERRCODE = 'L4042', MESSAGE = format('hold %s not found', void_hold.hold_id);
-    ELSIF void_hold.request_user_id IS NULL
-          OR void_hold.request_user_id NOT IN (_hold.from_user_id, _hold.to_user_id) THEN
+    ELSIF void_hold.request_user_id NOT IN (_hold.from_user_id, _hold.to_user_id) THEN
         RAISE EXCEPTION USING ERRCODE = 'L4032',
             MESSAGE = 'the acting user (request_user_id) must be the sender or the receiver of the hold';
     ELSIF _hold.status <> 'pending' OR _hold.expires_at <= now() THEN
