@@ -67,6 +67,10 @@ def test_purchase_hold_capture_part_release_rest(api: Api, admin_key: str) -> No
         "held": "30.00000000",
     }
     assert api.request("GET", f"/holds/{h['hold_id']}", admin_key).json() == h
+    past = api.request(
+        "GET", f"/users/{alice}/balance", admin_key, params={"as_of": h["created_at"]}
+    ).json()
+    assert past["balance"] == "100.00000000" and "available" not in past  # the posted balance
 
     captured = api.request(
         "POST", f"/holds/{h['hold_id']}/capture", admin_key, {"amount": "20"}, acting_user=shop
