@@ -47,6 +47,7 @@ MINT_PER_USER = 1_000_000
 FRESH_RUNS = (
     "baseline",
     "db_transfer",
+    "db_hold",
     "http_transfer",
     "http_transfer_hot",
     "http_balance",
@@ -62,6 +63,7 @@ KNOWN_RUNS = ALL_RUNS + REFERENCE_RUNS
 DESCRIPTIONS = {
     "baseline": "pgbench: lock 2 rows, update 2 balances, insert 2 entries",
     "db_transfer": "pgbench: SELECT api.transfer(...) as atp_app",
+    "db_hold": "pgbench: SELECT api.create_hold(...) as atp_app",
     "http_transfer": "wrk: POST /transfers, uniform random pairs",
     "http_transfer_hot": "wrk: POST /transfers, every payment to one merchant",
     "http_balance": "wrk: GET /users/{id}/balance",
@@ -915,11 +917,11 @@ class Bench:
                 return pgbench(self.cluster, name, BENCH / "baseline.sql", "postgres",
                                pg_vars, config, s)  # fmt: skip
 
-        elif name == "db_transfer":
+        elif name in ("db_transfer", "db_hold"):
             variables = {**pg_vars, "key_hash": self.key_hash}
 
             def measure(s: int) -> Result:
-                return pgbench(self.cluster, name, BENCH / "db_transfer.sql", "atp_app",
+                return pgbench(self.cluster, name, BENCH / f"{name}.sql", "atp_app",
                                variables, config, s)  # fmt: skip
 
         else:
@@ -1011,6 +1013,7 @@ class Bench:
         self.prepare()
         self.measure("baseline")
         self.measure("db_transfer")
+        self.measure("db_hold")  # after db_transfer: its pending holds are left behind
         http_fresh = [
             r
             for r in FRESH_RUNS + REFERENCE_RUNS
@@ -1119,6 +1122,7 @@ class Bench:
                   "-" if value is None else f"{value:.2f}")  # fmt: skip
 
         check_ratio("api.transfer via pgbench >= 0.45 of baseline", "db_transfer", "baseline", 0.45)
+        check_ratio("api.create_hold costs <= 1.2x api.transfer", "db_hold", "db_transfer", 1 / 1.2)
         check_ratio("POST /transfers >= 0.35 of baseline", "http_transfer", "baseline", 0.35)
         if "http_transfer" in r:
             t = r["http_transfer"]

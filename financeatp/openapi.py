@@ -61,11 +61,16 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
             "user_id": UUID_SCHEMA,
             "username": {"type": "string"},
             "balance": ATP_SCHEMA,
+            "available": {
+                **ATP_SCHEMA,
+                "description": "the balance less what pending holds reserve; only without as_of",
+            },
+            "held": {**ATP_SCHEMA, "description": "what pending holds reserve; only without as_of"},
             "is_frozen": {"type": "boolean", "description": "only without as_of"},
             "as_of": {**TIME_SCHEMA, "description": "only with as_of"},
             "updated_at": TIME_SCHEMA,
         },
-        optional=("is_frozen", "as_of"),
+        optional=("available", "held", "is_frozen", "as_of"),
     ),
     "History": obj(
         {
@@ -84,7 +89,9 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
                         "memo": nullable({"type": "string"}),
                         "balance_after": ATP_SCHEMA,
                         "created_at": TIME_SCHEMA,
-                    }
+                        "hold_id": {**UUID_SCHEMA, "description": "a captured hold's transfer"},
+                    },
+                    optional=("hold_id",),
                 ),
             },
             "next_cursor": nullable({"type": "string", "description": "null on the last page"}),
@@ -99,6 +106,22 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
             "amount": ATP_SCHEMA,
             "memo": nullable({"type": "string"}),
             "created_at": TIME_SCHEMA,
+        }
+    ),
+    "Hold": obj(
+        {
+            "hold_id": UUID_SCHEMA,
+            "status": {"type": "string", "enum": ["pending", "captured", "voided", "expired"]},
+            "from_user_id": UUID_SCHEMA,
+            "to_user_id": UUID_SCHEMA,
+            "amount": ATP_SCHEMA,
+            "captured_amount": ATP_SCHEMA,
+            "memo": nullable({"type": "string"}),
+            "expires_at": TIME_SCHEMA,
+            "transfer_id": nullable({**UUID_SCHEMA, "description": "when captured"}),
+            "created_at": TIME_SCHEMA,
+            "settled_at": nullable(TIME_SCHEMA),
+            "version": {"type": "integer"},
         }
     ),
     "Mint": obj(
@@ -275,6 +298,7 @@ LINKS = {
          "unfreeze_wallet", "delete_user"),
     ),
     "transfer": ("transfer_id", ("get_transfer",)),
+    "create_hold": ("hold_id", ("get_hold", "capture_hold", "void_hold")),
 }  # fmt: skip
 
 

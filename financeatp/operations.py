@@ -177,7 +177,8 @@ OPERATIONS: tuple[Operation, ...] = (
         "Delete a user (logically; only with a zero balance)",
         "DeletedUser",
         description="History stays; username and email become free again. "
-        "409 balance_not_zero while the wallet holds ATP.",
+        "409 balance_not_zero while the wallet holds ATP, 409 pending_holds while a hold "
+        "of the user (as sender or receiver) is pending.",
     ),
     Operation(
         "GET",
@@ -232,6 +233,62 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "GET", "/transfers/{transfer_id}", "get_transfer", "read", "One transfer", "Transfer"
     ),
+    Operation(
+        "POST",
+        "/holds",
+        "create_hold",
+        "write",
+        "Reserve ATP for another user (a two-phase transfer)",
+        "Hold",
+        success=201,
+        needs_acting_user=True,
+        body=(
+            user_ref("from_user_id", "the sender: must equal X-Request-User-Id"),
+            user_ref("to_user_id"),
+            AMOUNT,
+            note("memo", "shown in both users' history once captured"),
+            Field(
+                "expires_in_seconds",
+                "integer",
+                minimum=1,
+                maximum=2592000,
+                description="seconds until the hold expires (3600)",
+            ),
+        ),
+        description="The sender's available balance falls by the amount; the posted balance does "
+        "not move. X-Request-User-Id must equal from_user_id (else 403 unauthorized_transfer).",
+    ),
+    Operation(
+        "POST",
+        "/holds/{hold_id}/capture",
+        "capture_hold",
+        "write",
+        "Capture a pending hold: move all or part of it, release the rest",
+        "Hold",
+        needs_acting_user=True,
+        body=(
+            dataclasses.replace(
+                AMOUNT, required=False, description="at most the held amount (all of it)"
+            ),
+        ),
+        body_required=False,
+        description="X-Request-User-Id must be the sender or the receiver. The captured amount "
+        "moves as a transfer (transfer_id); 409 hold_not_pending once captured, voided or expired.",
+    ),
+    Operation(
+        "POST",
+        "/holds/{hold_id}/void",
+        "void_hold",
+        "write",
+        "Void a pending hold: release all it reserves",
+        "Hold",
+        needs_acting_user=True,
+        body=(),
+        body_required=False,
+        description="X-Request-User-Id must be the sender or the receiver; allowed on a frozen "
+        "wallet. 409 hold_not_pending once captured, voided or expired.",
+    ),
+    Operation("GET", "/holds/{hold_id}", "get_hold", "read", "One hold", "Hold"),
     Operation(
         "POST",
         "/admin/mint",

@@ -359,6 +359,7 @@ def test_internal_error_is_json_without_trace(api: Api, admin_key: str) -> None:
 def call_with(api: Api, op: Operation, key: str, user: str) -> httpx.Response:
     """A well-formed request for the operation, so that only the key decides."""
     path = op.path.replace("{user_id}", user).replace("{transfer_id}", str(uuid.uuid4()))
+    path = path.replace("{hold_id}", str(uuid.uuid4()))
     body: dict[str, Any] | None = None
     if op.body is not None:
         body = {}

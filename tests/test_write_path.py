@@ -1,7 +1,7 @@
-"""The shape of the write path, counted on one call: transfer, mint and burn run one PL/pgSQL
-body (the api function), at most three nested SQL statements, one other function call (the
-shared posting, ledger.post_journal) and no trigger. pg_stat_statements (track = all) counts the
-statements, pg_stat_xact_user_functions the calls of PL/pgSQL and SQL functions that were not
+"""The shape of the write path, counted on one call: transfer, mint, burn and create_hold run one
+PL/pgSQL body (the api function), at most three nested SQL statements, one other function call
+(the shared posting, ledger.post_journal) and no trigger. pg_stat_statements (track = all) counts
+the statements, pg_stat_xact_user_functions the calls of PL/pgSQL and SQL functions that were not
 inlined, trigger functions included."""
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ CALLS: dict[str, Callable[[str, str], tuple[str, dict[str, Any]]]] = {
         "SELECT status FROM api.mint(to_user_id => %(a)s, amount => 1, idempotency_key => %(k)s,"
         " api_key_hash => %(h)s)",
         {"a": a},
+    ),
+    "create_hold": lambda a, b: (
+        "SELECT status FROM api.create_hold(from_user_id => %(a)s, to_user_id => %(b)s,"
+        " amount => 1, request_user_id => %(a)s, idempotency_key => %(k)s, api_key_hash => %(h)s)",
+        {"a": a, "b": b},
     ),
     "burn": lambda a, b: (
         "SELECT status FROM api.burn(from_user_id => %(a)s, amount => 1, idempotency_key => %(k)s,"

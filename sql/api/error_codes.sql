@@ -16,11 +16,13 @@ AS $$
         ('L4032', 403, 'unauthorized_transfer', 'The acting user is not the sender of the transfer.'),
         ('L4033', 403, 'append_only', 'Events, journal lines and audit rows cannot be changed or removed.'),
         ('L4041', 404, 'user_not_found', 'No live user has this id.'),
-        ('L4042', 404, 'not_found', 'The transfer or API key does not exist.'),
+        ('L4042', 404, 'not_found', 'The transfer, hold or API key does not exist.'),
         ('L4091', 409, 'idempotency_conflict', 'The idempotency key was used for a different request.'),
         ('L4092', 409, 'version_conflict', 'The record changed meanwhile; read it again and retry.'),
         ('L4093', 409, 'user_exists', 'The user id, username or email is taken.'),
         ('L4094', 409, 'balance_not_zero', 'A user with a balance cannot be deleted.'),
+        ('L4095', 409, 'hold_not_pending', 'The hold was captured, voided or has expired.'),
+        ('L4096', 409, 'pending_holds', 'A user with pending holds cannot be deleted.'),
         ('L4291', 429, 'rate_limit_exceeded', 'Too many requests this minute; DETAIL holds retry_after seconds.')
 $$;
 

@@ -25,6 +25,8 @@ BEGIN
     IF get_balance.as_of IS NULL THEN
         RETURN (SELECT jsonb_build_object('user_id', get_balance.user_id, 'username', _username,
                                           'balance', b.balance::numeric(21, 8)::text,
+                                          'available', (b.balance - b.held)::numeric(21, 8)::text,
+                                          'held', b.held::numeric(21, 8)::text,
                                           'is_frozen', b.is_frozen,
                                           'updated_at', ledger.rfc3339(b.updated_at))
                   FROM ledger.balances b WHERE b.account_id = _account);
@@ -61,6 +63,6 @@ $$;
 REVOKE ALL ON FUNCTION api.get_balance(uuid, timestamptz, text, uuid, text, inet) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.get_balance(uuid, timestamptz, text, uuid, text, inet) TO atp_app, atp_dba, atp_auditor;
 COMMENT ON FUNCTION api.get_balance(uuid, timestamptz, text, uuid, text, inet) IS
-'The balance of a user''s wallet now, or as_of a past moment (replayed from the newest snapshot before it and the
-events after that). Needs read. Errors: L4001 invalid_request (as_of in the future), L4041 user_not_found.
+'The balance of a user''s wallet now, with available (the balance less what pending holds reserve) and held; or
+the posted balance as_of a past moment (replayed from the newest snapshot before it and the events after that). Needs read. Errors: L4001 invalid_request (as_of in the future), L4041 user_not_found.
 Example: SELECT api.get_balance(:alice, as_of => now() - interval ''1 day'');';

@@ -48,7 +48,12 @@ BEGIN
                'counterparty', n.counterparty_user_id,
                'memo', n.memo,
                'balance_after', n.balance_after::numeric(21, 8)::text,
-               'created_at', ledger.rfc3339(n.created_at)) ORDER BY n.id DESC)
+               'created_at', ledger.rfc3339(n.created_at))
+               -- A captured hold's transfer names the hold.
+               || CASE WHEN n.kind IN ('transfer_in', 'transfer_out')
+                       THEN COALESCE((SELECT jsonb_build_object('hold_id', h.id) FROM ledger.holds h
+                                       WHERE h.transfer_id = n.journal_id), '{}'::jsonb)
+                       ELSE '{}'::jsonb END ORDER BY n.id DESC)
                FILTER (WHERE n.n <= get_history."limit"), '[]'::jsonb),
            CASE WHEN count(*) > get_history."limit"
                 THEN (min(n.id) FILTER (WHERE n.n <= get_history."limit"))::text END
@@ -62,6 +67,6 @@ REVOKE ALL ON FUNCTION api.get_history(uuid, integer, text, text, uuid, text, in
 GRANT EXECUTE ON FUNCTION api.get_history(uuid, integer, text, text, uuid, text, inet) TO atp_app, atp_dba, atp_auditor;
 COMMENT ON FUNCTION api.get_history(uuid, integer, text, text, uuid, text, inet) IS
 'A user''s money movements, newest first, with the balance after each (kind: mint, burn, transfer_in,
-transfer_out). Pages of "limit" (1 to 200); pass next_cursor back as cursor for the next page (null at the end).
+transfer_out; a captured hold''s transfer adds hold_id). Pages of "limit" (1 to 200); pass next_cursor back as cursor for the next page (null at the end).
 Needs read. Errors: L4001 invalid_request, L4041 user_not_found.
 Example: SELECT api.get_history(:alice, "limit" => 20);';

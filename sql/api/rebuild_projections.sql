@@ -27,17 +27,26 @@ BEGIN
                         AND e.version = r.version) AS last_at
           FROM ledger.replay_accounts() r
     ), fixed AS (
-        INSERT INTO ledger.balances AS b (account_id, normal_side, balance, is_frozen, is_closed, version,
+        -- held is what the account's pending holds reserve (the holds are locked out by nothing
+        -- here: settlements also lock the balances row, so they wait).
+        INSERT INTO ledger.balances AS b (account_id, normal_side, balance, held, is_frozen, is_closed, version,
                                           last_event_id, updated_at)
-        SELECT account_id, normal_side, balance, is_frozen, is_closed, version, last_event_id, last_at FROM replay
+        SELECT r.account_id, r.normal_side, r.balance,
+               COALESCE((SELECT sum(h.amount) FROM ledger.holds h
+                          WHERE h.from_account_id = r.account_id AND h.status = 'pending'), 0),
+               r.is_frozen, r.is_closed, r.version, r.last_event_id, r.last_at
+          FROM replay r
         ON CONFLICT (account_id) DO UPDATE
-           SET balance = EXCLUDED.balance, is_frozen = EXCLUDED.is_frozen, is_closed = EXCLUDED.is_closed,
-               version = EXCLUDED.version, last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at
-         WHERE (b.balance, b.is_frozen, b.is_closed, b.version)
-               IS DISTINCT FROM (EXCLUDED.balance, EXCLUDED.is_frozen, EXCLUDED.is_closed, EXCLUDED.version)
-        RETURNING b.account_id, b.balance
+           SET balance = EXCLUDED.balance, held = EXCLUDED.held, is_frozen = EXCLUDED.is_frozen,
+               is_closed = EXCLUDED.is_closed, version = EXCLUDED.version, last_event_id = EXCLUDED.last_event_id,
+               updated_at = EXCLUDED.updated_at
+         WHERE (b.balance, b.held, b.is_frozen, b.is_closed, b.version)
+               IS DISTINCT FROM (EXCLUDED.balance, EXCLUDED.held, EXCLUDED.is_frozen, EXCLUDED.is_closed,
+                                 EXCLUDED.version)
+        RETURNING b.account_id, b.balance, b.held
     )
-    SELECT COALESCE(jsonb_agg(jsonb_build_object('account_id', account_id, 'balance', balance::text)), '[]')
+    SELECT COALESCE(jsonb_agg(jsonb_build_object('account_id', account_id, 'balance', balance::text,
+                                                 'held', held::text)), '[]')
       INTO _changed FROM fixed;
     IF jsonb_array_length(_changed) > 0 THEN
         PERFORM ledger.write_audit(_ctx, 'projections.rebuild', 'balances', NULL, NULL,
@@ -50,6 +59,7 @@ $$;
 REVOKE ALL ON FUNCTION api.rebuild_projections(text, uuid, text, inet) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.rebuild_projections(text, uuid, text, inet) TO atp_dba;
 COMMENT ON FUNCTION api.rebuild_projections(text, uuid, text, inet) IS
-'Recomputes every balance from the events and corrects the projection where it differs (writers wait meanwhile).
+'Recomputes every balance from the events, and what each reserves (held) from its pending holds, and corrects the
+projection where it differs (writers wait meanwhile).
 Returns the accounts it changed. For DBAs only (atp_dba; not callable by the application role).
 Example: SELECT api.rebuild_projections();';

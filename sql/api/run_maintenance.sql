@@ -18,6 +18,8 @@ BEGIN
             run_maintenance.request_user_id, run_maintenance.correlation_id, run_maintenance.client_addr),
         'partitions', api.ensure_partitions(3, run_maintenance.api_key_hash,
             run_maintenance.request_user_id, run_maintenance.correlation_id, run_maintenance.client_addr),
+        'holds_expired', api.expire_holds(10000, run_maintenance.api_key_hash,
+            run_maintenance.request_user_id, run_maintenance.correlation_id, run_maintenance.client_addr),
         'audit', api.seal_audit(100000, run_maintenance.api_key_hash,
             run_maintenance.request_user_id, run_maintenance.correlation_id, run_maintenance.client_addr));
 END
@@ -26,6 +28,7 @@ $$;
 REVOKE ALL ON FUNCTION api.run_maintenance(text, uuid, text, inet) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.run_maintenance(text, uuid, text, inet) TO atp_app, atp_dba;
 COMMENT ON FUNCTION api.run_maintenance(text, uuid, text, inet) IS
-'Runs every scheduled job once: rate-limit bucket cleanup, idempotency expiry, partitions three months ahead, audit sealing.
+'Runs every scheduled job once: rate-limit bucket cleanup, idempotency expiry, partitions three months ahead, expired holds released,
+audit sealing.
 The service runs it every minute. Needs an admin key, or a keyless call from atp_dba or atp_app.
 Example: SELECT api.run_maintenance();';

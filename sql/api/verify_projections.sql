@@ -16,6 +16,7 @@ DECLARE
     _entries jsonb;
     _snapshots jsonb;
     _journals jsonb;
+    _held jsonb;
     _totals record;
     _supply record;
 BEGIN
@@ -77,6 +78,15 @@ BEGIN
               FROM ledger.ledger_entries GROUP BY journal_id) j
      WHERE j.debits IS DISTINCT FROM j.credits;
 
+    -- What each account reserves equals its pending holds (an expired one until maintenance releases it).
+    SELECT COALESCE(jsonb_agg(jsonb_build_object('account_id', b.account_id, 'held', b.held,
+                                                 'pending_holds', COALESCE(p.total, 0))), '[]')
+      INTO _held
+      FROM ledger.balances b
+      LEFT JOIN (SELECT from_account_id, sum(amount) AS total FROM ledger.holds
+                  WHERE status = 'pending' GROUP BY from_account_id) p ON p.from_account_id = b.account_id
+     WHERE b.held <> COALESCE(p.total, 0);
+
     -- Trial balance: debit-normal balances equal credit-normal balances, and all debits equal all credits.
     SELECT COALESCE(sum(b.balance) FILTER (WHERE t.normal_side = 'debit'), 0) AS debit_normal,
            COALESCE(sum(b.balance) FILTER (WHERE t.normal_side = 'credit'), 0) AS credit_normal,
@@ -96,6 +106,7 @@ BEGIN
         'ok', jsonb_array_length(_mismatches) = 0 AND jsonb_array_length(_gaps) = 0
               AND jsonb_array_length(_entries) = 0 AND jsonb_array_length(_snapshots) = 0
               AND jsonb_array_length(_journals) = 0
+              AND jsonb_array_length(_held) = 0
               AND _totals.debit_normal = _totals.credit_normal
               AND _supply.debits = _supply.credits
               AND _supply.minted - _supply.burned = _totals.credit_normal,
@@ -105,6 +116,7 @@ BEGIN
         'entry_mismatches', _entries,
         'snapshot_mismatches', _snapshots,
         'unbalanced_journals', _journals,
+        'held_mismatches', _held,
         'trial_balance', jsonb_build_object(
             'debit_normal_balances', _totals.debit_normal::numeric(21, 8)::text,
             'credit_normal_balances', _totals.credit_normal::numeric(21, 8)::text,
@@ -122,5 +134,6 @@ REVOKE ALL ON FUNCTION api.verify_projections(text, uuid, text, inet) FROM PUBLI
 GRANT EXECUTE ON FUNCTION api.verify_projections(text, uuid, text, inet) TO atp_app, atp_dba, atp_auditor;
 COMMENT ON FUNCTION api.verify_projections(text, uuid, text, inet) IS
 'Checks every invariant of the books: balances equal the replay of the events, versions have no gaps, journal lines
-add up to the balances, snapshots equal the replay, every journal balances, the trial balance holds, and everything
+add up to the balances, snapshots equal the replay, every journal balances, what each account reserves (held)
+equals its pending holds, the trial balance holds, and everything
 held equals minted minus burned. ok is true only if all hold. Needs read. Example: SELECT api.verify_projections();';

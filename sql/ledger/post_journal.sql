@@ -5,8 +5,9 @@
 -- version of the account, counted from the state the caller read under the accounts' row
 -- locks (accounts); then it moves those balances rows to their last line (and what they
 -- reserve by held_delta), leaves a snapshot at every 100th version, appends extra_events (an
--- event that moves no money, e.g. a hold's), the audit row with its hash, and the stored
--- response for the idempotency key. No trigger does any of it.
+-- event that moves no money, e.g. a hold's), writes the hold row (inserted when new, else its
+-- settlement), the audit row with its hash, and the stored response for the idempotency key.
+-- No trigger does any of it.
 -- The caller has checked everything that can fail (locks held, accounts open and not frozen,
 -- the balances stay within their limits); the CHECK constraints of balances and ledger_entries
 -- stay as the last line of defence.
@@ -28,7 +29,8 @@ CREATE OR REPLACE FUNCTION ledger.post_journal(
     request_hash text,
     response_status integer,
     response_body jsonb,
-    extra_events ledger.extra_event[] DEFAULT '{}'
+    extra_events ledger.extra_event[] DEFAULT '{}',
+    hold ledger.holds DEFAULT NULL
 )
 RETURNS integer
 LANGUAGE plpgsql
@@ -96,6 +98,13 @@ BEGIN
         SELECT m.account_id, m.version, m.balance_after, false, false, post_journal.at
           FROM moved m
          WHERE m.version % 100 = 0
+    ), held AS (
+        INSERT INTO ledger.holds AS h
+        SELECT (post_journal.hold).*
+         WHERE (post_journal.hold).id IS NOT NULL
+        ON CONFLICT (id) DO UPDATE
+           SET status = excluded.status, captured_amount = excluded.captured_amount,
+               transfer_id = excluded.transfer_id, settled_at = excluded.settled_at, version = excluded.version
     ), audited AS (
         INSERT INTO ledger.audit_log (id, tx_id, created_at, actor, api_key_id, request_user_id, correlation_id,
                                       client_addr, action, resource_type, resource_id, before_state,

@@ -29,8 +29,8 @@ INSERT INTO cp VALUES ('alice', 5, clock_timestamp(), 65);
 SELECT is(api.get_balance('a11ce000-0000-4000-8000-000000000001', api_key_hash => (SELECT hash FROM k WHERE name = 'read'))
               - 'updated_at',
           '{"user_id": "a11ce000-0000-4000-8000-000000000001", "username": "alice", "balance": "65.00000000",
-            "is_frozen": false}'::jsonb,
-          'get_balance shows the current balance with 8 decimals');
+            "available": "65.00000000", "held": "0.00000000", "is_frozen": false}'::jsonb,
+          'get_balance shows the current balance with 8 decimals, available and held');
 SELECT is(api.get_balance('a11ce000-0000-4000-8000-000000000001') ->> 'updated_at',
           (SELECT body ->> 'created_at' FROM res WHERE name = 'burn'),
           'updated_at is the time of the last movement, RFC 3339 UTC');

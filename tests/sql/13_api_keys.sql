@@ -2,7 +2,7 @@
 -- revoked and expired keys; permissions of every api function; the rate limit; the roles atp_app and
 -- atp_auditor; and the security properties every api function must have.
 BEGIN;
-SELECT plan(217);
+SELECT plan(242);
 
 CREATE TEMP TABLE ck (name text PRIMARY KEY, j jsonb);
 CREATE TEMP TABLE k (name text PRIMARY KEY, id uuid, key text, hash text);
@@ -219,7 +219,12 @@ INSERT INTO calls VALUES
     ('expire_idempotency_keys', 'write', $$SELECT api.expire_idempotency_keys(%1$L, correlation_id => %2$L)$$),
     ('ensure_partitions', 'write', $$SELECT api.ensure_partitions(3, %1$L, correlation_id => %2$L)$$),
     ('seal_audit', 'write', $$SELECT api.seal_audit(10, %1$L, correlation_id => %2$L)$$),
-    ('run_maintenance', 'write', $$SELECT api.run_maintenance(%1$L, correlation_id => %2$L)$$);
+    ('run_maintenance', 'write', $$SELECT api.run_maintenance(%1$L, correlation_id => %2$L)$$),
+    ('create_hold', 'read', $$SELECT * FROM api.create_hold('a11ce000-0000-4000-8000-000000000001', 'deadbeef-0000-4000-8000-000000000000', 1, idempotency_key => gen_random_uuid(), api_key_hash => %1$L, request_user_id => 'a11ce000-0000-4000-8000-000000000001', correlation_id => %2$L)$$),
+    ('capture_hold', 'read', $$SELECT * FROM api.capture_hold('deadbeef-0000-4000-8000-000000000000', idempotency_key => gen_random_uuid(), api_key_hash => %1$L, request_user_id => 'a11ce000-0000-4000-8000-000000000001', correlation_id => %2$L)$$),
+    ('void_hold', 'read', $$SELECT * FROM api.void_hold('deadbeef-0000-4000-8000-000000000000', idempotency_key => gen_random_uuid(), api_key_hash => %1$L, request_user_id => 'a11ce000-0000-4000-8000-000000000001', correlation_id => %2$L)$$),
+    ('get_hold', 'write', $$SELECT api.get_hold('deadbeef-0000-4000-8000-000000000000', %1$L, correlation_id => %2$L)$$),
+    ('expire_holds', 'write', $$SELECT api.expire_holds(10, %1$L, correlation_id => %2$L)$$);
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'api'::regnamespace
                  EXCEPT SELECT fn FROM calls ORDER BY 1),
           ARRAY['describe_api_key', 'error_codes'],

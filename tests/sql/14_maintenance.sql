@@ -77,7 +77,7 @@ SELECT throws_ok(format('SELECT api.expire_idempotency_keys(%L)', (SELECT hash F
 -- ---------------------------------------------------------------- the books: verify and rebuild
 SELECT is(api.verify_projections() - 'accounts' - 'trial_balance' - 'supply',
           '{"ok": true, "projection_mismatches": [], "version_gaps": [], "entry_mismatches": [],
-            "snapshot_mismatches": [], "unbalanced_journals": []}'::jsonb,
+            "snapshot_mismatches": [], "unbalanced_journals": [], "held_mismatches": []}'::jsonb,
           'verify_projections finds nothing wrong');
 SELECT results_eq(
     $$SELECT (s ->> 'minted')::numeric, (s ->> 'burned')::numeric, (s ->> 'held')::numeric, (s ->> 'in_wallets')::numeric
@@ -97,7 +97,7 @@ SELECT results_eq(
 SELECT is(api.rebuild_projections(correlation_id => 'corr-rebuild'),
           jsonb_build_object('changed_accounts', 1, 'changed', jsonb_build_array(jsonb_build_object(
               'account_id', (SELECT id FROM ledger.accounts WHERE user_id = 'a11ce000-0000-4000-8000-000000000001'),
-              'balance', '40.00000000'))),
+              'balance', '40.00000000', 'held', '0.00000000'))),
           'rebuild_projections puts the replayed balance back');
 SELECT is((SELECT action FROM ledger.audit_log WHERE correlation_id = 'corr-rebuild'), 'projections.rebuild',
           'a rebuild that changed something is audited');
@@ -204,7 +204,7 @@ UPDATE ledger.idempotency_keys SET expires_at = now() WHERE key = '1d000000-0000
 SET LOCAL ROLE atp_app;
 CREATE TEMP TABLE run AS SELECT api.run_maintenance(correlation_id => 'corr-run') AS j;
 RESET ROLE;
-SELECT is(j, '{"rate_limit_keys_cleaned": 1, "idempotency_keys_expired": 1,
+SELECT is(j, '{"rate_limit_keys_cleaned": 1, "idempotency_keys_expired": 1, "holds_expired": 0,
                "partitions": {"created": [], "skipped_default_has_rows": []},
                "audit": {"sealed_rows": 0, "last_seal_no": 2}}'::jsonb,
           'run_maintenance runs every job once and reports each (the service runs it as atp_app, without a key)')

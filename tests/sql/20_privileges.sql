@@ -179,7 +179,7 @@ SELECT is(ARRAY(SELECT format('%s %s', c.oid::regclass, p.priv)
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
                  WHERE p.pronamespace = 'api'::regnamespace
                    AND has_function_privilege('atp_auditor', p.oid, 'EXECUTE') ORDER BY 1),
-          ARRAY['describe_api_key', 'error_codes', 'get_balance', 'get_history', 'get_transfer',
+          ARRAY['describe_api_key', 'error_codes', 'get_balance', 'get_history', 'get_hold', 'get_transfer',
                 'get_user', 'verify_audit_chain', 'verify_projections'],
           'atp_auditor can execute exactly the read and verify functions');
 
@@ -294,7 +294,7 @@ BEGIN
           FROM pg_proc p
          WHERE p.pronamespace = 'api'::regnamespace
            AND p.proname NOT IN ('authenticate', 'describe_api_key', 'error_codes', 'cleanup_rate_limits',
-                                 'expire_idempotency_keys', 'ensure_partitions', 'seal_audit', 'run_maintenance')
+                                 'expire_idempotency_keys', 'expire_holds', 'ensure_partitions', 'seal_audit', 'run_maintenance')
          ORDER BY p.proname
     LOOP
         fn := _f.proname;

@@ -1,0 +1,193 @@
+"""Holds under concurrency (invariant 9): many holds, transfers and burns against one wallet never
+reserve or spend more than it holds; a capture racing a void, or an expiry, settles the hold once.
+verify_projections (which checks held against the pending holds) runs after each."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from decimal import Decimal
+
+import psycopg
+from test_concurrency import (
+    BARRIER_TIMEOUT,
+    Outcome,
+    call,
+    connect,
+    make_users,
+    run_parallel,
+    verify_projections,
+)
+
+
+def held_and_balance(dba: psycopg.Connection, user: uuid.UUID) -> tuple[Decimal, Decimal]:
+    row = dba.execute(
+        """SELECT b.held, b.balance
+             FROM ledger.balances b JOIN ledger.accounts a ON a.id = b.account_id
+            WHERE a.user_id = %s AND a.account_type = 'user_wallet'""",
+        [user],
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def test_holds_transfers_and_burns_never_spend_reserved_money(
+    database: str, dba: psycopg.Connection
+) -> None:
+    payer, *others = make_users(dba, 4, "spender")
+    assert call(dba, "mint", to_user_id=payer, amount=Decimal(100)).ok
+    clients = 16
+    barrier = threading.Barrier(clients, timeout=BARRIER_TIMEOUT)
+
+    def client(index: int) -> list[tuple[str, Decimal, Outcome]]:
+        rng = random.Random(index)  # noqa: S311 (reproducible test data)
+        done = []
+        with connect(database) as conn:
+            barrier.wait()
+            for _ in range(15):
+                amount = Decimal(rng.randint(1, 900)) / 100
+                target = rng.choice(others)
+                kind = rng.choice(["hold", "hold", "transfer", "burn"])
+                if kind == "hold":
+                    outcome = call(
+                        conn,
+                        "create_hold",
+                        from_user_id=payer,
+                        to_user_id=target,
+                        amount=amount,
+                        request_user_id=payer,
+                    )
+                elif kind == "transfer":
+                    outcome = call(
+                        conn,
+                        "transfer",
+                        from_user_id=payer,
+                        to_user_id=target,
+                        amount=amount,
+                        request_user_id=payer,
+                    )
+                else:
+                    outcome = call(conn, "burn", from_user_id=payer, amount=amount)
+                assert outcome.ok or outcome.error == "L4002", outcome
+                done.append((kind, amount, outcome))
+        return done
+
+    results = [
+        r for rs in run_parallel(*[lambda i=i: client(i) for i in range(clients)]) for r in rs
+    ]
+    spent = {
+        kind: sum((a for k, a, o in results if k == kind and o.ok), Decimal(0))
+        for kind in ("hold", "transfer", "burn")
+    }
+    assert any(not o.ok for _, _, o in results), "the wallet was never exhausted: test too weak"
+    held, balance = held_and_balance(dba, payer)
+    assert held == spent["hold"]
+    assert balance == 100 - spent["transfer"] - spent["burn"]
+    assert held <= balance  # available never below zero
+    verify_projections(dba)
+
+
+def race(database: str, *calls: tuple[str, dict[str, object]]) -> list[Outcome]:
+    barrier = threading.Barrier(len(calls), timeout=BARRIER_TIMEOUT)
+
+    def one(function: str, args: dict[str, object]) -> Outcome:
+        with connect(database) as conn:
+            barrier.wait()
+            return call(conn, function, **args)
+
+    return run_parallel(*[lambda f=f, a=a: one(f, a) for f, a in calls])
+
+
+def test_capture_racing_void_settles_once(database: str, dba: psycopg.Connection) -> None:
+    payer, payee = make_users(dba, 2, "racer")
+    assert call(dba, "mint", to_user_id=payer, amount=Decimal(100)).ok
+    for round_ in range(12):
+        created = call(
+            dba,
+            "create_hold",
+            from_user_id=payer,
+            to_user_id=payee,
+            amount=Decimal(5),
+            request_user_id=payer,
+        )
+        assert created.ok, created
+        hold_id = created.body["hold_id"]  # type: ignore[index]
+        contenders = [
+            ("capture_hold", {"hold_id": hold_id, "amount": Decimal(3), "request_user_id": payee}),
+            ("void_hold", {"hold_id": hold_id, "request_user_id": payer}),
+        ]
+        if round_ % 2:
+            contenders.reverse()
+        outcomes = race(database, *contenders)
+        assert sorted(o.error or "ok" for o in outcomes) == ["L4095", "ok"], outcomes
+        status = dba.execute("SELECT status FROM ledger.holds WHERE id = %s", [hold_id]).fetchone()
+        assert status in (("captured",), ("voided",))
+        events = dba.execute(
+            "SELECT count(*) FROM ledger.events"
+            " WHERE aggregate_type = 'hold' AND aggregate_id = %s",
+            [hold_id],
+        ).fetchone()
+        assert events == (2,)
+    captured = dba.execute("SELECT count(*) FROM ledger.holds WHERE status = 'captured'").fetchone()
+    assert captured is not None
+    held, balance = held_and_balance(dba, payer)
+    assert (held, balance) == (0, 100 - 3 * captured[0])
+    verify_projections(dba)
+
+
+def test_capture_racing_expiry_settles_once(database: str, dba: psycopg.Connection) -> None:
+    payer, payee = make_users(dba, 2, "expiry")
+    assert call(dba, "mint", to_user_id=payer, amount=Decimal(100)).ok
+    holds = []
+    for _ in range(20):
+        created = call(
+            dba,
+            "create_hold",
+            from_user_id=payer,
+            to_user_id=payee,
+            amount=Decimal(2),
+            request_user_id=payer,
+        )
+        assert created.ok, created
+        holds.append(created.body["hold_id"])  # type: ignore[index]
+    # The clock, driven: every hold expires at one moment just ahead, then captures and the
+    # maintenance job start together around it.
+    dba.execute(
+        "UPDATE ledger.holds SET expires_at = clock_timestamp() + interval '300 milliseconds'"
+    )
+    time.sleep(0.25)
+    stop = time.monotonic() + 1.0
+
+    def expirer() -> int:
+        expired = 0
+        with connect(database) as conn:
+            while time.monotonic() < stop:
+                row = conn.execute("SELECT api.expire_holds()").fetchone()
+                assert row is not None
+                expired += row[0]
+        return expired
+
+    def capturer(hold_id: str) -> Outcome:
+        with connect(database) as conn:
+            return call(conn, "capture_hold", hold_id=hold_id, request_user_id=payee)
+
+    results = run_parallel(expirer, expirer, *[lambda h=h: capturer(h) for h in holds])
+    expired, captures = results[0] + results[1], results[2:]
+    for outcome in captures:
+        assert outcome.ok or outcome.error == "L4095", outcome
+    won = sum(1 for o in captures if o.ok)
+    assert won + expired == len(holds), (won, expired)
+    rows = dba.execute(
+        """SELECT h.status, count(e.*) FROM ledger.holds h
+             JOIN ledger.events e ON e.aggregate_type = 'hold' AND e.aggregate_id = h.id
+            GROUP BY h.id, h.status"""
+    ).fetchall()
+    assert sorted(status for status, _ in rows) == sorted(
+        ["captured"] * won + ["expired"] * expired
+    )
+    assert all(count == 2 for _, count in rows)
+    held, balance = held_and_balance(dba, payer)
+    assert (held, balance) == (0, 100 - 2 * won)
+    verify_projections(dba)
