@@ -40,7 +40,8 @@ def admin_key(api: Api) -> str:
 
 def error_of(response: httpx.Response) -> str:
     body = response.json()
-    assert set(body) == {"error", "message"}, body
+    # DETAIL's fields (a batch leg's index, retry_after) may come beside error and message.
+    assert {"error", "message"} <= set(body) <= {"error", "message", "index", "retry_after"}, body
     assert body["message"]
     return str(body["error"])
 
