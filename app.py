@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.applications import Starlette
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
@@ -617,13 +618,43 @@ async def key_name(state: dict[str, Any], status: int) -> str | None:
     return await atp.key_names.name(atp.pool, state["api_key_hash"])
 
 
+class NotSiblingConvertor(StringConvertor):
+    """A path parameter that is not one of the literal segments beside it (POST /transfers/batch
+    beside GET /transfers/{transfer_id}): GET /transfers/batch is then 405, not a malformed id."""
+
+    regex = "[^/]+"
+
+
+def routing_path(path: str, paths: list[str]) -> str:
+    """The path for Starlette: a parameter with literal siblings gets NotSiblingConvertor."""
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if not part.startswith("{"):
+            continue
+        siblings = {
+            other[i]
+            for other in (p.split("/") for p in paths)
+            if len(other) > i and other[:i] == parts[:i] and not other[i].startswith("{")
+        }
+        if siblings:
+            name = f"not_{'_'.join(sorted(siblings))}"
+            convertor = NotSiblingConvertor()
+            convertor.regex = f"(?!(?:{'|'.join(map(re.escape, sorted(siblings)))})$)[^/]+"
+            register_url_convertor(name, convertor)
+            parts[i] = f"{part[:-1]}:{name}}}"
+    return "/".join(parts)
+
+
 def routes() -> list[Route | Mount]:
     by_path: dict[str, dict[str, Operation]] = {}
     for op in OPERATIONS:
         by_path.setdefault(op.path, {})[op.method] = op
-    api_routes: list[Route | Mount] = [
-        Route(path, operation_endpoint(ops), methods=list(ops)) for path, ops in by_path.items()
-    ]
+    paths = list(by_path)
+    api_routes: list[Route | Mount] = []
+    for path, ops in by_path.items():
+        route = Route(routing_path(path, paths), operation_endpoint(ops), methods=list(ops))
+        route.path = path  # the contract's path in logs and metrics; matching keeps the convertor
+        api_routes.append(route)
     return [
         *api_routes,
         Route("/healthz", healthz, methods=["GET"]),

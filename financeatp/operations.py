@@ -231,31 +231,7 @@ OPERATIONS: tuple[Operation, ...] = (
         ),
         description="X-Request-User-Id must equal from_user_id (else 403 unauthorized_transfer).",
     ),
-    Operation(
-        "GET", "/transfers/{transfer_id}", "get_transfer", "read", "One transfer", "Transfer"
-    ),
-    Operation(
-        "POST",
-        "/transfers/{transfer_id}/refund",
-        "refund_transfer",
-        "write",
-        "Give back all or part of a transfer, from its receiver to its sender",
-        "Refund",
-        success=201,
-        needs_acting_user=True,
-        body=(
-            dataclasses.replace(
-                AMOUNT,
-                required=False,
-                description="ATP as a JSON string; default: all that is not refunded yet",
-            ),
-            note("reason", "shown in both users' history"),
-        ),
-        body_required=False,
-        description="X-Request-User-Id must be the transfer's receiver (else 403 "
-        "unauthorized_transfer). Refunds of one transfer never add up to more than it: 400 "
-        "refund_exceeds_transfer. History kinds refund_out / refund_in, with transfer_id.",
-    ),
+    # Before /transfers/{transfer_id}: the router tries paths in this order.
     Operation(
         "POST",
         "/transfers/batch",
@@ -295,6 +271,31 @@ OPERATIONS: tuple[Operation, ...] = (
         "Mint",
         success=201,
         body=(user_ref("to_user_id"), AMOUNT, note("reason", "why, for the audit log")),
+    ),
+    Operation(
+        "GET", "/transfers/{transfer_id}", "get_transfer", "read", "One transfer", "Transfer"
+    ),
+    Operation(
+        "POST",
+        "/transfers/{transfer_id}/refund",
+        "refund_transfer",
+        "write",
+        "Give back all or part of a transfer, from its receiver to its sender",
+        "Refund",
+        success=201,
+        needs_acting_user=True,
+        body=(
+            dataclasses.replace(
+                AMOUNT,
+                required=False,
+                description="ATP as a JSON string; default: all that is not refunded yet",
+            ),
+            note("reason", "shown in both users' history"),
+        ),
+        body_required=False,
+        description="X-Request-User-Id must be the transfer's receiver (else 403 "
+        "unauthorized_transfer). Refunds of one transfer never add up to more than it: 400 "
+        "refund_exceeds_transfer. History kinds refund_out / refund_in, with transfer_id.",
     ),
     Operation(
         "POST",
