@@ -1,7 +1,7 @@
 -- Refunds and batches: api.refund_transfer, api.transfer_batch, api.mint_batch; every error,
 -- the failing leg's index in DETAIL, the lines, events, audit rows and idempotent replays.
 BEGIN;
-SELECT plan(44);
+SELECT plan(45);
 
 CREATE TEMP TABLE k (name text PRIMARY KEY, hash text);
 INSERT INTO k
@@ -163,5 +163,14 @@ SELECT throws_ok(format($$SELECT api.refund_transfer(%L, 0, request_user_id => '
     (SELECT body -> 'transfers' -> 2 ->> 'transfer_id' FROM res WHERE name = 'batch')), 'L4001', NULL,
     'a zero refund is invalid_request');
 SELECT ok((api.verify_projections() ->> 'ok')::boolean, 'the books agree after refunds and batches');
+-- A refund line written by hand past the transfer's amount (as the owner could) is found.
+INSERT INTO ledger.ledger_entries (journal_id, event_id, account_id, side, amount, balance_after, kind, created_at,
+                                   refund_of)
+SELECT gen_random_uuid(), 0, l.account_id, 'debit', 1, 0, 'refund_out', now(), l.journal_id
+  FROM ledger.ledger_entries l
+ WHERE l.journal_id = (SELECT (body -> 'transfers' -> 0 ->> 'transfer_id')::uuid FROM res WHERE name = 'batch')
+   AND l.side = 'credit';
+SELECT is(api.verify_projections() -> 'over_refunded' -> 0 ->> 'refunded', '31.00000000',
+          'verify_projections finds a transfer refunded beyond its amount');
 SELECT * FROM finish();
 ROLLBACK;
