@@ -252,3 +252,12 @@ def test_openapi_documents_the_routes(api: Api) -> None:
     assert "201" in document["paths"]["/transfers/{transfer_id}/refund"]["post"]["responses"]
     assert document["paths"]["/admin/mint/batch"]["post"]["requestBody"]["content"]
     assert "refund_exceeds_transfer" in document["components"]["responses"]["E400"]["description"]
+
+
+def test_a_thousand_leg_mint_fits_a_request(api: Api, admin: str) -> None:
+    users = [str(api.new_user(admin)["user_id"]) for _ in range(10)]
+    legs = [{"to_user_id": users[i % 10], "amount": "0.00000001"} for i in range(1000)]
+    response = api.request("POST", "/admin/mint/batch", admin, {"mints": legs, "reason": "airdrop"})
+    assert response.status_code == 201, response.text[:500]
+    assert len(response.json()["mints"]) == 1000
+    assert api.balance(admin, users[0]) == "0.00000100"
