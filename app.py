@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import ipaddress
@@ -30,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.applications import Starlette
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
@@ -59,7 +61,7 @@ class Settings:
     pool_min_size: int = 2
     pool_max_size: int = 4
     pool_timeout: float = 5.0
-    max_body_bytes: int = 64 * 1024
+    max_body_bytes: int = 256 * 1024  # a 1,000-leg mint batch is about 70 KB
     maintenance_interval: float = 60.0
     key_name_ttl: float = 60.0
 
@@ -83,25 +85,35 @@ class Settings:
 
 
 class ApiError(Exception):
-    """An answer with the contract's error body {"error", "message"}."""
+    """An answer with the contract's error body {"error", "message", ...fields}."""
 
     def __init__(
-        self, status: int, error: str, message: str, headers: Mapping[str, str] | None = None
+        self,
+        status: int,
+        error: str,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        fields: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.error = error
         self.message = message
         self.headers = dict(headers or {})
+        self.fields = dict(fields or {})
 
     def response(self) -> Response:
-        return error_response(self.status, self.error, self.message, self.headers)
+        return error_response(self.status, self.error, self.message, self.headers, self.fields)
 
 
 def error_response(
-    status: int, error: str, message: str, headers: Mapping[str, str] | None = None
+    status: int,
+    error: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    fields: Mapping[str, Any] | None = None,
 ) -> Response:
-    body = json.dumps({"error": error, "message": message}, ensure_ascii=False)
+    body = json.dumps({**(fields or {}), "error": error, "message": message}, ensure_ascii=False)
     return Response(body, status, headers=dict(headers or {}), media_type=JSON)
 
 
@@ -151,10 +163,22 @@ class ErrorCodes:
         return status, FALLBACK_ERROR_NAMES.get(status, "error")
 
 
-def retry_after(exc: psycopg.Error) -> dict[str, str]:
+def detail_fields(exc: psycopg.Error) -> dict[str, Any]:
+    """The fields of an api error's DETAIL when it is a JSON object (L4291: retry_after; a
+    batch's failing leg: index), which the error body carries beside error and message."""
+    try:
+        fields = json.loads(exc.diag.message_detail or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(fields, dict):
+        return {}
+    return {key: value for key, value in fields.items() if key not in ("error", "message")}
+
+
+def retry_after(fields: Mapping[str, Any]) -> dict[str, str]:
     """L4291 carries {"retry_after": seconds} in its DETAIL."""
     try:
-        seconds = int(json.loads(exc.diag.message_detail or "{}")["retry_after"])
+        seconds = int(fields["retry_after"])
     except (ValueError, KeyError, TypeError):
         seconds = 60
     return {"Retry-After": str(max(1, seconds))}
@@ -167,7 +191,9 @@ def translate(exc: psycopg.Error, codes: ErrorCodes) -> ApiError | None:
     known = codes.lookup(state) if state.startswith("L") else None
     if known is not None:
         status, name = known
-        return ApiError(status, name, message, retry_after(exc) if status == 429 else None)
+        fields = detail_fields(exc)
+        headers = retry_after(fields) if status == 429 else None
+        return ApiError(status, name, message, headers, fields)
     if state.startswith("22") or (not state and isinstance(exc, psycopg.DataError)):
         return invalid(message)  # data exception: text that is not a number, a date, ...
     if state in ("40001", "40P01"):
@@ -200,6 +226,8 @@ def field_value(field: Field, value: Any) -> str | None:
     """A JSON value as the text PostgreSQL parses; only JSON types are judged here."""
     if value is None:
         return None
+    if field.kind == "array":
+        return array_value(field, value)
     if field.kind == "integer":
         if isinstance(value, bool) or not isinstance(value, int):
             raise invalid(f"{field.name} must be an integer")
@@ -218,6 +246,32 @@ def field_value(field: Field, value: Any) -> str | None:
     if field.kind == "uuid":
         return uuid_text(value, field.name)
     return clean_text(value, field.name)
+
+
+def array_value(field: Field, value: Any) -> str:
+    """An array of objects (a batch's legs) as JSON text for a jsonb parameter, each object's
+    fields judged like a body's; a bad one is named by its 0-based index, as the database does."""
+    if not isinstance(value, list):
+        raise invalid(f"{field.name} must be an array")
+    items = {item.name: item for item in field.items}
+    for index, element in enumerate(value):
+        where = f"{field.name}[{index}]"
+        if not isinstance(element, dict):
+            raise ApiError(
+                400, "invalid_request", f"{where} must be an object", fields={"index": index}
+            )
+        unknown = sorted(set(element) - set(items))
+        try:
+            if unknown:
+                raise invalid(
+                    f"{where}: unknown field(s): {', '.join(unknown)}; allowed: {', '.join(items)}"
+                )
+            for name, item in items.items():
+                field_value(dataclasses.replace(item, name=f"{where}.{name}"), element.get(name))
+        except ApiError as error:
+            error.fields["index"] = index
+            raise
+    return json.dumps(value, ensure_ascii=False)
 
 
 def reject_constant(name: str) -> Any:
@@ -564,13 +618,43 @@ async def key_name(state: dict[str, Any], status: int) -> str | None:
     return await atp.key_names.name(atp.pool, state["api_key_hash"])
 
 
+class NotSiblingConvertor(StringConvertor):
+    """A path parameter that is not one of the literal segments beside it (POST /transfers/batch
+    beside GET /transfers/{transfer_id}): GET /transfers/batch is then 405, not a malformed id."""
+
+    regex = "[^/]+"
+
+
+def routing_path(path: str, paths: list[str]) -> str:
+    """The path for Starlette: a parameter with literal siblings gets NotSiblingConvertor."""
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if not part.startswith("{"):
+            continue
+        siblings = {
+            other[i]
+            for other in (p.split("/") for p in paths)
+            if len(other) > i and other[:i] == parts[:i] and not other[i].startswith("{")
+        }
+        if siblings:
+            name = f"not_{'_'.join(sorted(siblings))}"
+            convertor = NotSiblingConvertor()
+            convertor.regex = f"(?!(?:{'|'.join(map(re.escape, sorted(siblings)))})$)[^/]+"
+            register_url_convertor(name, convertor)
+            parts[i] = f"{part[:-1]}:{name}}}"
+    return "/".join(parts)
+
+
 def routes() -> list[Route | Mount]:
     by_path: dict[str, dict[str, Operation]] = {}
     for op in OPERATIONS:
         by_path.setdefault(op.path, {})[op.method] = op
-    api_routes: list[Route | Mount] = [
-        Route(path, operation_endpoint(ops), methods=list(ops)) for path, ops in by_path.items()
-    ]
+    paths = list(by_path)
+    api_routes: list[Route | Mount] = []
+    for path, ops in by_path.items():
+        route = Route(routing_path(path, paths), operation_endpoint(ops), methods=list(ops))
+        route.path = path  # the contract's path in logs and metrics; matching keeps the convertor
+        api_routes.append(route)
     return [
         *api_routes,
         Route("/healthz", healthz, methods=["GET"]),

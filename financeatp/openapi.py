@@ -34,8 +34,43 @@ def obj(properties: Mapping[str, Any], optional: tuple[str, ...] = ()) -> dict[s
     return {"type": "object", "properties": dict(properties), "required": required}
 
 
+TRANSFER = obj(
+    {
+        "transfer_id": UUID_SCHEMA,
+        "status": {"type": "string", "enum": ["completed"]},
+        "from_user_id": UUID_SCHEMA,
+        "to_user_id": UUID_SCHEMA,
+        "amount": ATP_SCHEMA,
+        "memo": nullable({"type": "string"}),
+        "created_at": TIME_SCHEMA,
+        "refunded_amount": {**ATP_SCHEMA, "description": "GET only: what refunds gave back"},
+    },
+    optional=("refunded_amount",),
+)
+MINT = obj(
+    {
+        "mint_id": UUID_SCHEMA,
+        "status": {"type": "string", "enum": ["completed"]},
+        "to_user_id": UUID_SCHEMA,
+        "amount": ATP_SCHEMA,
+        "reason": nullable({"type": "string"}),
+        "created_at": TIME_SCHEMA,
+    }
+)
+
 RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
-    "Error": obj({"error": {"type": "string"}, "message": {"type": "string"}}),
+    "Error": obj(
+        {
+            "error": {"type": "string"},
+            "message": {"type": "string"},
+            "index": {
+                "type": "integer",
+                "description": "a batch's failing leg (0-based), when one leg failed it",
+            },
+            "retry_after": {"type": "integer", "description": "with 429: as Retry-After"},
+        },
+        optional=("index", "retry_after"),
+    ),
     "User": obj(
         {
             "user_id": UUID_SCHEMA,
@@ -82,7 +117,14 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
                         "id": {**UUID_SCHEMA, "description": "the transfer, mint or burn id"},
                         "kind": {
                             "type": "string",
-                            "enum": ["mint", "burn", "transfer_in", "transfer_out"],
+                            "enum": [
+                                "mint",
+                                "burn",
+                                "transfer_in",
+                                "transfer_out",
+                                "refund_in",
+                                "refund_out",
+                            ],
                         },
                         "amount": ATP_SCHEMA,
                         "counterparty": nullable(UUID_SCHEMA),
@@ -90,21 +132,27 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
                         "balance_after": ATP_SCHEMA,
                         "created_at": TIME_SCHEMA,
                         "hold_id": {**UUID_SCHEMA, "description": "a captured hold's transfer"},
+                        "transfer_id": {
+                            **UUID_SCHEMA,
+                            "description": "refunds only: the transfer given back",
+                        },
                     },
-                    optional=("hold_id",),
+                    optional=("hold_id", "transfer_id"),
                 ),
             },
             "next_cursor": nullable({"type": "string", "description": "null on the last page"}),
         }
     ),
-    "Transfer": obj(
+    "Transfer": TRANSFER,
+    "Refund": obj(
         {
-            "transfer_id": UUID_SCHEMA,
+            "refund_id": UUID_SCHEMA,
             "status": {"type": "string", "enum": ["completed"]},
-            "from_user_id": UUID_SCHEMA,
-            "to_user_id": UUID_SCHEMA,
+            "transfer_id": UUID_SCHEMA,
+            "from_user_id": {**UUID_SCHEMA, "description": "the transfer's receiver"},
+            "to_user_id": {**UUID_SCHEMA, "description": "the transfer's sender"},
             "amount": ATP_SCHEMA,
-            "memo": nullable({"type": "string"}),
+            "reason": nullable({"type": "string"}),
             "created_at": TIME_SCHEMA,
         }
     ),
@@ -124,16 +172,25 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
             "version": {"type": "integer"},
         }
     ),
-    "Mint": obj(
+    "TransferBatch": obj(
         {
-            "mint_id": UUID_SCHEMA,
-            "status": {"type": "string", "enum": ["completed"]},
-            "to_user_id": UUID_SCHEMA,
-            "amount": ATP_SCHEMA,
-            "reason": nullable({"type": "string"}),
+            "batch_id": UUID_SCHEMA,
+            "from_user_id": UUID_SCHEMA,
+            "amount": {**ATP_SCHEMA, "description": "the sum of the legs"},
+            "transfers": {"type": "array", "items": TRANSFER},
             "created_at": TIME_SCHEMA,
         }
     ),
+    "MintBatch": obj(
+        {
+            "batch_id": UUID_SCHEMA,
+            "amount": {**ATP_SCHEMA, "description": "the sum of the legs"},
+            "reason": nullable({"type": "string"}),
+            "mints": {"type": "array", "items": MINT},
+            "created_at": TIME_SCHEMA,
+        }
+    ),
+    "Mint": MINT,
     "Burn": obj(
         {
             "burn_id": UUID_SCHEMA,
@@ -218,6 +275,19 @@ def error_responses(codes: Iterable[ErrorCode]) -> dict[str, Any]:
 
 
 def field_schema(field: Field) -> dict[str, Any]:
+    if field.kind == "array":
+        return {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": field.max_items,
+            "description": field.description,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {item.name: field_schema(item) for item in field.items},
+                "required": [item.name for item in field.items if item.required],
+            },
+        }
     base: dict[str, Any] = {"type": "integer" if field.kind == "integer" else "string"}
     if field.kind == "uuid":
         base["format"] = "uuid"
@@ -297,7 +367,7 @@ LINKS = {
         ("get_user", "update_user", "get_balance", "get_history", "freeze_wallet",
          "unfreeze_wallet", "delete_user"),
     ),
-    "transfer": ("transfer_id", ("get_transfer",)),
+    "transfer": ("transfer_id", ("get_transfer", "refund_transfer")),
     "create_hold": ("hold_id", ("get_hold", "capture_hold", "void_hold")),
 }  # fmt: skip
 

@@ -42,7 +42,7 @@ class Field:
     """
 
     name: str
-    kind: str  # uuid | amount | text | integer | timestamp
+    kind: str  # uuid | amount | text | integer | timestamp | array (of objects of items' fields)
     required: bool = False
     max_length: int | None = None
     pattern: str | None = None
@@ -50,6 +50,8 @@ class Field:
     maximum: int | None = None
     description: str = ""
     example: Any = None
+    items: tuple[Field, ...] = ()  # an array's objects: their fields
+    max_items: int | None = None
 
 
 @dataclass(frozen=True)
@@ -230,8 +232,36 @@ OPERATIONS: tuple[Operation, ...] = (
         ),
         description="X-Request-User-Id must equal from_user_id (else 403 unauthorized_transfer).",
     ),
+    # Before /transfers/{transfer_id}: the router tries paths in this order.
     Operation(
-        "GET", "/transfers/{transfer_id}", "get_transfer", "read", "One transfer", "Transfer"
+        "POST",
+        "/transfers/batch",
+        "transfer_batch",
+        "write",
+        "Move ATP from one sender to 1 to 100 receivers, all or nothing",
+        "TransferBatch",
+        success=201,
+        can_404=True,
+        needs_acting_user=True,
+        body=(
+            user_ref("from_user_id", "the sender: must equal X-Request-User-Id"),
+            Field(
+                "transfers",
+                "array",
+                required=True,
+                max_items=100,
+                description="the legs, each a transfer of its own; a leg to SYSTEM_FEE "
+                "(00000000-0000-0000-0000-000000000002) credits the fee account",
+                items=(
+                    user_ref("to_user_id"),
+                    AMOUNT,
+                    note("memo", "shown in both users' history"),
+                ),
+            ),
+        ),
+        description="X-Request-User-Id must equal from_user_id (else 403 unauthorized_transfer). "
+        "One transaction: a failing leg fails the batch, and the error body's index names it "
+        "(0-based).",
     ),
     Operation(
         "POST",
@@ -298,6 +328,53 @@ OPERATIONS: tuple[Operation, ...] = (
         "Mint",
         success=201,
         body=(user_ref("to_user_id"), AMOUNT, note("reason", "why, for the audit log")),
+    ),
+    Operation(
+        "GET", "/transfers/{transfer_id}", "get_transfer", "read", "One transfer", "Transfer"
+    ),
+    Operation(
+        "POST",
+        "/transfers/{transfer_id}/refund",
+        "refund_transfer",
+        "write",
+        "Give back all or part of a transfer, from its receiver to its sender",
+        "Refund",
+        success=201,
+        needs_acting_user=True,
+        body=(
+            dataclasses.replace(
+                AMOUNT,
+                required=False,
+                description="ATP as a JSON string; default: all that is not refunded yet",
+            ),
+            note("reason", "shown in both users' history"),
+        ),
+        body_required=False,
+        description="X-Request-User-Id must be the transfer's receiver (else 403 "
+        "unauthorized_transfer). Refunds of one transfer never add up to more than it: 400 "
+        "refund_exceeds_transfer. History kinds refund_out / refund_in, with transfer_id.",
+    ),
+    Operation(
+        "POST",
+        "/admin/mint/batch",
+        "mint_batch",
+        "admin",
+        "Issue new ATP into 1 to 1,000 wallets, all or nothing",
+        "MintBatch",
+        success=201,
+        body=(
+            Field(
+                "mints",
+                "array",
+                required=True,
+                max_items=1000,
+                description="the legs, each a mint of its own",
+                items=(user_ref("to_user_id"), AMOUNT),
+            ),
+            note("reason", "why, for the audit log (one audit row holds the whole batch)"),
+        ),
+        description="One transaction: a failing leg fails the batch, and the error body's index "
+        "names it (0-based).",
     ),
     Operation(
         "POST",

@@ -33,7 +33,7 @@ BEGIN
     _account := ledger.wallet_of(get_history.user_id);
 
     WITH page AS (
-        SELECT e.id, e.journal_id, e.kind, e.amount, e.counterparty_user_id, e.memo, e.balance_after, e.created_at
+        SELECT e.id, e.journal_id, e.refund_of, e.kind, e.amount, e.counterparty_user_id, e.memo, e.balance_after, e.created_at
           FROM ledger.ledger_entries e
          WHERE e.account_id = _account AND e.id < COALESCE(_before, 9223372036854775807)
          ORDER BY e.id DESC
@@ -49,11 +49,13 @@ BEGIN
                'memo', n.memo,
                'balance_after', n.balance_after::numeric(21, 8)::text,
                'created_at', ledger.rfc3339(n.created_at))
-               -- A captured hold's transfer names the hold.
+               -- A captured hold's transfer names the hold; a refund names the transfer it gives back.
                || CASE WHEN n.kind IN ('transfer_in', 'transfer_out')
                        THEN COALESCE((SELECT jsonb_build_object('hold_id', h.id) FROM ledger.holds h
                                        WHERE h.transfer_id = n.journal_id), '{}'::jsonb)
-                       ELSE '{}'::jsonb END ORDER BY n.id DESC)
+                       ELSE '{}'::jsonb END
+               || CASE WHEN n.refund_of IS NULL THEN '{}'::jsonb
+                       ELSE jsonb_build_object('transfer_id', n.refund_of) END ORDER BY n.id DESC)
                FILTER (WHERE n.n <= get_history."limit"), '[]'::jsonb),
            CASE WHEN count(*) > get_history."limit"
                 THEN (min(n.id) FILTER (WHERE n.n <= get_history."limit"))::text END
@@ -67,6 +69,6 @@ REVOKE ALL ON FUNCTION api.get_history(uuid, integer, text, text, uuid, text, in
 GRANT EXECUTE ON FUNCTION api.get_history(uuid, integer, text, text, uuid, text, inet) TO atp_app, atp_dba, atp_auditor;
 COMMENT ON FUNCTION api.get_history(uuid, integer, text, text, uuid, text, inet) IS
 'A user''s money movements, newest first, with the balance after each (kind: mint, burn, transfer_in,
-transfer_out; a captured hold''s transfer adds hold_id). Pages of "limit" (1 to 200); pass next_cursor back as cursor for the next page (null at the end).
+transfer_out, refund_in, refund_out; a captured hold''s transfer adds hold_id, a refund''s item adds transfer_id, the transfer it gives back). Pages of "limit" (1 to 200); pass next_cursor back as cursor for the next page (null at the end).
 Needs read. Errors: L4001 invalid_request, L4041 user_not_found.
 Example: SELECT api.get_history(:alice, "limit" => 20);';

@@ -23,7 +23,10 @@ BEGIN
                'to_user_id', e.counterparty_user_id,
                'amount', e.amount::numeric(21, 8)::text,
                'memo', e.memo,
-               'created_at', ledger.rfc3339(e.created_at))
+               'created_at', ledger.rfc3339(e.created_at),
+               'refunded_amount', (SELECT COALESCE(sum(r.amount), 0)
+                                     FROM ledger.ledger_entries r
+                                    WHERE r.refund_of = e.journal_id AND r.side = 'debit')::numeric(21, 8)::text)
       INTO _body
       FROM ledger.ledger_entries e
       JOIN ledger.accounts a ON a.id = e.account_id
@@ -39,5 +42,5 @@ $$;
 REVOKE ALL ON FUNCTION api.get_transfer(uuid, text, uuid, text, inet) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.get_transfer(uuid, text, uuid, text, inet) TO atp_app, atp_dba, atp_auditor;
 COMMENT ON FUNCTION api.get_transfer(uuid, text, uuid, text, inet) IS
-'One transfer by its transfer_id. Needs read. Errors: L4042 not_found.
+'One transfer by its transfer_id, with refunded_amount (what its refunds gave back so far). Needs read. Errors: L4042 not_found.
 Example: SELECT api.get_transfer(''0190...''::uuid);';

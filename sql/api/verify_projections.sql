@@ -17,6 +17,7 @@ DECLARE
     _snapshots jsonb;
     _journals jsonb;
     _held jsonb;
+    _refunds jsonb;
     _totals record;
     _supply record;
 BEGIN
@@ -87,6 +88,15 @@ BEGIN
                   WHERE status = 'pending' GROUP BY from_account_id) p ON p.from_account_id = b.account_id
      WHERE b.held <> COALESCE(p.total, 0);
 
+    -- Refunds of a transfer never add up to more than it (invariant 9), and name a transfer.
+    SELECT COALESCE(jsonb_agg(jsonb_build_object('transfer_id', r.refund_of, 'amount', t.amount,
+                                                 'refunded', r.total)), '[]')
+      INTO _refunds
+      FROM (SELECT refund_of, sum(amount) AS total FROM ledger.ledger_entries
+             WHERE refund_of IS NOT NULL AND side = 'debit' GROUP BY refund_of) r
+      LEFT JOIN ledger.ledger_entries t ON t.journal_id = r.refund_of AND t.side = 'debit' AND t.kind = 'transfer_out'
+     WHERE t.amount IS NULL OR r.total > t.amount;
+
     -- Trial balance: debit-normal balances equal credit-normal balances, and all debits equal all credits.
     SELECT COALESCE(sum(b.balance) FILTER (WHERE t.normal_side = 'debit'), 0) AS debit_normal,
            COALESCE(sum(b.balance) FILTER (WHERE t.normal_side = 'credit'), 0) AS credit_normal,
@@ -105,7 +115,7 @@ BEGIN
     RETURN jsonb_build_object(
         'ok', jsonb_array_length(_mismatches) = 0 AND jsonb_array_length(_gaps) = 0
               AND jsonb_array_length(_entries) = 0 AND jsonb_array_length(_snapshots) = 0
-              AND jsonb_array_length(_journals) = 0
+              AND jsonb_array_length(_journals) = 0 AND jsonb_array_length(_refunds) = 0
               AND jsonb_array_length(_held) = 0
               AND _totals.debit_normal = _totals.credit_normal
               AND _supply.debits = _supply.credits
@@ -117,6 +127,7 @@ BEGIN
         'snapshot_mismatches', _snapshots,
         'unbalanced_journals', _journals,
         'held_mismatches', _held,
+        'over_refunded', _refunds,
         'trial_balance', jsonb_build_object(
             'debit_normal_balances', _totals.debit_normal::numeric(21, 8)::text,
             'credit_normal_balances', _totals.credit_normal::numeric(21, 8)::text,
@@ -135,5 +146,5 @@ GRANT EXECUTE ON FUNCTION api.verify_projections(text, uuid, text, inet) TO atp_
 COMMENT ON FUNCTION api.verify_projections(text, uuid, text, inet) IS
 'Checks every invariant of the books: balances equal the replay of the events, versions have no gaps, journal lines
 add up to the balances, snapshots equal the replay, every journal balances, what each account reserves (held)
-equals its pending holds, the trial balance holds, and everything
-held equals minted minus burned. ok is true only if all hold. Needs read. Example: SELECT api.verify_projections();';
+equals its pending holds, no transfer is refunded beyond its amount (over_refunded), the trial balance holds, and
+everything held equals minted minus burned. ok is true only if all hold. Needs read. Example: SELECT api.verify_projections();';

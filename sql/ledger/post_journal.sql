@@ -7,7 +7,8 @@
 -- reserve by held_delta), leaves a snapshot at every 100th version, appends extra_events (an
 -- event that moves no money, e.g. a hold's), writes the hold row (inserted when new, else its
 -- settlement), the audit row with its hash, and the stored response for the idempotency key.
--- No trigger does any of it.
+-- No trigger does any of it. A leg whose data names refund_of (a refund) links its lines to
+-- that transfer.
 -- The caller has checked everything that can fail (locks held, accounts open and not frozen,
 -- the balances stay within their limits); the CHECK constraints of balances and ledger_entries
 -- stay as the last line of defence.
@@ -77,9 +78,9 @@ BEGIN
           FROM unnest(post_journal.extra_events) x
     ), journal AS (
         INSERT INTO ledger.ledger_entries (journal_id, event_id, account_id, side, amount, balance_after, kind,
-                                           counterparty_user_id, memo, created_at)
+                                           counterparty_user_id, memo, created_at, refund_of)
         SELECT m.journal_id, m.event_id, m.account_id, m.side, m.amount, m.balance_after, m.kind,
-               m.counterparty, m.memo, post_journal.at
+               m.counterparty, m.memo, post_journal.at, (m.data ->> 'refund_of')::uuid
           FROM moved m
     ), projected AS (
         UPDATE ledger.balances b

@@ -198,8 +198,8 @@ SELECT is(api.get_history('e0000000-0000-4000-8000-000000000005'),
 -- ---------------------------------------------------------------- get_transfer
 SELECT is(api.get_transfer((SELECT (body ->> 'transfer_id')::uuid FROM res WHERE name = 'out'),
                            api_key_hash => (SELECT hash FROM k WHERE name = 'read')),
-          (SELECT body FROM res WHERE name = 'out'),
-          'get_transfer returns the transfer as the transfer call did');
+          (SELECT body || '{"refunded_amount": "0.00000000"}' FROM res WHERE name = 'out'),
+          'get_transfer returns the transfer as the transfer call did, with refunded_amount');
 SELECT throws_ok($$SELECT api.get_transfer('deadbeef-0000-4000-8000-000000000000')$$,
                  'L4042', NULL, 'an unknown transfer is not_found');
 SELECT throws_ok(format('SELECT api.get_transfer(%L)', (SELECT body ->> 'mint_id' FROM res WHERE name = 'mint')),

@@ -2,7 +2,7 @@
 -- revoked and expired keys; permissions of every api function; the rate limit; the roles atp_app and
 -- atp_auditor; and the security properties every api function must have.
 BEGIN;
-SELECT plan(242);
+SELECT plan(257);
 
 CREATE TEMP TABLE ck (name text PRIMARY KEY, j jsonb);
 CREATE TEMP TABLE k (name text PRIMARY KEY, id uuid, key text, hash text);
@@ -207,6 +207,9 @@ INSERT INTO calls VALUES
     ('update_user', 'read', $$SELECT * FROM api.update_user('a11ce000-0000-4000-8000-000000000001', display_name => 'A', idempotency_key => gen_random_uuid(), api_key_hash => %1$L, correlation_id => %2$L)$$),
     ('delete_user', 'read', $$SELECT * FROM api.delete_user('a11ce000-0000-4000-8000-000000000001', idempotency_key => gen_random_uuid(), api_key_hash => %1$L, correlation_id => %2$L)$$),
     ('transfer', 'read', $$SELECT * FROM api.transfer('a11ce000-0000-4000-8000-000000000001', 'deadbeef-0000-4000-8000-000000000000', 1, idempotency_key => gen_random_uuid(), api_key_hash => %1$L, request_user_id => 'a11ce000-0000-4000-8000-000000000001', correlation_id => %2$L)$$),
+    ('refund_transfer', 'read', $$SELECT * FROM api.refund_transfer('deadbeef-0000-4000-8000-000000000000', idempotency_key => gen_random_uuid(), api_key_hash => %1$L, correlation_id => %2$L)$$),
+    ('transfer_batch', 'read', $$SELECT * FROM api.transfer_batch('a11ce000-0000-4000-8000-000000000001', '[]', idempotency_key => gen_random_uuid(), api_key_hash => %1$L, request_user_id => 'a11ce000-0000-4000-8000-000000000001', correlation_id => %2$L)$$),
+    ('mint_batch', 'write', $$SELECT * FROM api.mint_batch('[]', idempotency_key => gen_random_uuid(), api_key_hash => %1$L, correlation_id => %2$L)$$),
     ('mint', 'write', $$SELECT * FROM api.mint('a11ce000-0000-4000-8000-000000000001', 1, idempotency_key => gen_random_uuid(), api_key_hash => %1$L, correlation_id => %2$L)$$),
     ('burn', 'write', $$SELECT * FROM api.burn('a11ce000-0000-4000-8000-000000000001', 1, idempotency_key => gen_random_uuid(), api_key_hash => %1$L, correlation_id => %2$L)$$),
     ('freeze_wallet', 'write', $$SELECT * FROM api.freeze_wallet('a11ce000-0000-4000-8000-000000000001', idempotency_key => gen_random_uuid(), api_key_hash => %1$L, correlation_id => %2$L)$$),
