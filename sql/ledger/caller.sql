@@ -61,14 +61,17 @@ AS $$
                w.actor,
                k.id AS api_key_id,
                k.name AS key_name,
-               CASE WHEN caller.api_key_hash IS NULL THEN 'role:' || w.actor ELSE k.id::text END AS scope,
+               -- The default collation, as the key's column has: with the C collation of the role
+               -- name, the caller's lookup of idempotency_keys could not use its primary key.
+               CASE WHEN caller.api_key_hash IS NULL THEN 'role:' || w.actor ELSE k.id::text END
+                   COLLATE "default" AS scope,
                k.rate_limit_per_minute AS rate_limit,
                r.current_count,
                r.previous_count,
                r.elapsed,
                k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute' AS stale_last_used
           -- SET ROLE changes the caller without changing session_user; both count.
-          FROM (SELECT COALESCE(NULLIF(current_setting('role'), 'none'), session_user) AS actor,
+          FROM (SELECT COALESCE(NULLIF(current_setting('role'), 'none'), session_user) COLLATE "default" AS actor,
                        floor(extract(epoch FROM now()) / 60)::bigint AS minute) w
           LEFT JOIN ledger.api_keys k ON k.key_hash = lower(caller.api_key_hash)
           -- Counted only for a live key with the permission (a volatile subquery is run once).
