@@ -1200,7 +1200,7 @@ class Bench:
         print(self.latency_table())
         print("\nWhere the CPU went (cores = CPU seconds per second of the run):\n")
         print(self.cpu_table())
-        print("\nGoals (issue 4):")
+        print("\nGoals:")
         print("\n".join(f"  {g}" for g in goals))
         if not self.config.complete:
             target = OUT / (
@@ -1292,7 +1292,7 @@ def write_block(readme: Path, name: str, lines: list[str]) -> None:
 
 def goals_and_chart(goals: list[str], chart_path: str) -> list[str]:
     return [
-        "Goals of issue 4, from this run:",
+        "Goals, from this run:",
         "",
         "```",
         *goals,

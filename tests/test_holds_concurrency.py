@@ -1,6 +1,6 @@
-"""Holds under concurrency (invariant 9): many holds, transfers and burns against one wallet never
-reserve or spend more than it holds; a capture racing a void, or an expiry, settles the hold once.
-verify_projections (which checks held against the pending holds) runs after each."""
+"""Holds under concurrency (invariant 9): many holds, transfers, batches and burns against one
+wallet never reserve or spend more than it holds; a capture racing a void, or an expiry, settles
+the hold once. verify_projections (which checks held against the pending holds) runs after each."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import uuid
 from decimal import Decimal
 
 import psycopg
+from psycopg.types.json import Jsonb
 from test_concurrency import (
     BARRIER_TIMEOUT,
     Outcome,
@@ -33,7 +34,7 @@ def held_and_balance(dba: psycopg.Connection, user: uuid.UUID) -> tuple[Decimal,
     return row[0], row[1]
 
 
-def test_holds_transfers_and_burns_never_spend_reserved_money(
+def test_holds_transfers_batches_and_burns_never_spend_reserved_money(
     database: str, dba: psycopg.Connection
 ) -> None:
     payer, *others = make_users(dba, 4, "spender")
@@ -49,7 +50,7 @@ def test_holds_transfers_and_burns_never_spend_reserved_money(
             for _ in range(15):
                 amount = Decimal(rng.randint(1, 900)) / 100
                 target = rng.choice(others)
-                kind = rng.choice(["hold", "hold", "transfer", "burn"])
+                kind = rng.choice(["hold", "hold", "transfer", "batch", "burn"])
                 if kind == "hold":
                     outcome = call(
                         conn,
@@ -68,6 +69,16 @@ def test_holds_transfers_and_burns_never_spend_reserved_money(
                         amount=amount,
                         request_user_id=payer,
                     )
+                elif kind == "batch":  # two legs of half the amount each
+                    half = str(amount / 2)
+                    legs = [{"to_user_id": str(t), "amount": half} for t in (target, others[0])]
+                    outcome = call(
+                        conn,
+                        "transfer_batch",
+                        from_user_id=payer,
+                        transfers=Jsonb(legs),
+                        request_user_id=payer,
+                    )
                 else:
                     outcome = call(conn, "burn", from_user_id=payer, amount=amount)
                 assert outcome.ok or outcome.error == "L4002", outcome
@@ -79,12 +90,12 @@ def test_holds_transfers_and_burns_never_spend_reserved_money(
     ]
     spent = {
         kind: sum((a for k, a, o in results if k == kind and o.ok), Decimal(0))
-        for kind in ("hold", "transfer", "burn")
+        for kind in ("hold", "transfer", "batch", "burn")
     }
     assert any(not o.ok for _, _, o in results), "the wallet was never exhausted: test too weak"
     held, balance = held_and_balance(dba, payer)
     assert held == spent["hold"]
-    assert balance == 100 - spent["transfer"] - spent["burn"]
+    assert balance == 100 - spent["transfer"] - spent["batch"] - spent["burn"]
     assert held <= balance  # available never below zero
     verify_projections(dba)
 
