@@ -41,7 +41,7 @@ export interface paths {
         post?: never;
         /**
          * Delete a user (logically; only with a zero balance)
-         * @description Needs the write permission. Calls api.delete_user. History stays; username and email become free again. 409 balance_not_zero while the wallet holds ATP.
+         * @description Needs the write permission. Calls api.delete_user. History stays; username and email become free again. 409 balance_not_zero while the wallet holds ATP, 409 pending_holds while a hold of the user (as sender or receiver) is pending.
          */
         delete: operations["delete_user"];
         options?: never;
@@ -113,7 +113,87 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/transfers/{transfer_id}": {
+    "/transfers/batch": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Move ATP from one sender to 1 to 100 receivers, all or nothing
+         * @description Needs the write permission. Calls api.transfer_batch. X-Request-User-Id must equal from_user_id (else 403 unauthorized_transfer). One transaction: a failing leg fails the batch, and the error body's index names it (0-based).
+         */
+        post: operations["transfer_batch"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/holds": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Reserve ATP for another user (a two-phase transfer)
+         * @description Needs the write permission. Calls api.create_hold. The sender's available balance falls by the amount; the posted balance does not move. X-Request-User-Id must equal from_user_id (else 403 unauthorized_transfer).
+         */
+        post: operations["create_hold"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/holds/{hold_id}/capture": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Capture a pending hold: move all or part of it, release the rest
+         * @description Needs the write permission. Calls api.capture_hold. X-Request-User-Id must be the sender or the receiver. The captured amount moves as a transfer (transfer_id); 409 hold_not_pending once captured, voided or expired.
+         */
+        post: operations["capture_hold"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/holds/{hold_id}/void": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Void a pending hold: release all it reserves
+         * @description Needs the write permission. Calls api.void_hold. X-Request-User-Id must be the sender or the receiver; allowed on a frozen wallet. 409 hold_not_pending once captured, voided or expired.
+         */
+        post: operations["void_hold"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/holds/{hold_id}": {
         parameters: {
             query?: never;
             header?: never;
@@ -121,10 +201,10 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * One transfer
-         * @description Needs the read permission. Calls api.get_transfer.
+         * One hold
+         * @description Needs the read permission. Calls api.get_hold.
          */
-        get: operations["get_transfer"];
+        get: operations["get_hold"];
         put?: never;
         post?: never;
         delete?: never;
@@ -147,6 +227,66 @@ export interface paths {
          * @description Needs the admin permission. Calls api.mint.
          */
         post: operations["mint"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/transfers/{transfer_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * One transfer
+         * @description Needs the read permission. Calls api.get_transfer.
+         */
+        get: operations["get_transfer"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/transfers/{transfer_id}/refund": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Give back all or part of a transfer, from its receiver to its sender
+         * @description Needs the write permission. Calls api.refund_transfer. X-Request-User-Id must be the transfer's receiver (else 403 unauthorized_transfer). Refunds of one transfer never add up to more than it: 400 refund_exceeds_transfer. History kinds refund_out / refund_in, with transfer_id.
+         */
+        post: operations["refund_transfer"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/mint/batch": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Issue new ATP into 1 to 1,000 wallets, all or nothing
+         * @description Needs the admin permission. Calls api.mint_batch. One transaction: a failing leg fails the batch, and the error body's index names it (0-based).
+         */
+        post: operations["mint_batch"];
         delete?: never;
         options?: never;
         head?: never;
@@ -446,6 +586,10 @@ export interface components {
         Error: {
             error: string;
             message: string;
+            /** @description a batch's failing leg (0-based), when one leg failed it */
+            index?: number;
+            /** @description with 429: as Retry-After */
+            retry_after?: number;
         };
         User: {
             /** Format: uuid */
@@ -485,6 +629,16 @@ export interface components {
             username: string;
             /** @example 100.50000000 */
             balance: string;
+            /**
+             * @description the balance less what pending holds reserve; only without as_of
+             * @example 100.50000000
+             */
+            available?: string;
+            /**
+             * @description what pending holds reserve; only without as_of
+             * @example 100.50000000
+             */
+            held?: string;
             /** @description only without as_of */
             is_frozen?: boolean;
             /**
@@ -509,7 +663,7 @@ export interface components {
                  */
                 id: string;
                 /** @enum {string} */
-                kind: "mint" | "burn" | "transfer_in" | "transfer_out";
+                kind: "mint" | "burn" | "transfer_in" | "transfer_out" | "refund_in" | "refund_out";
                 /** @example 100.50000000 */
                 amount: string;
                 /** Format: uuid */
@@ -522,6 +676,16 @@ export interface components {
                  * @example 2026-01-01T15:46:00.000000Z
                  */
                 created_at: string;
+                /**
+                 * Format: uuid
+                 * @description a captured hold's transfer
+                 */
+                hold_id?: string;
+                /**
+                 * Format: uuid
+                 * @description refunds only: the transfer given back
+                 */
+                transfer_id?: string;
             }[];
             /** @description null on the last page */
             next_cursor: string | null;
@@ -538,6 +702,143 @@ export interface components {
             /** @example 100.50000000 */
             amount: string;
             memo: string | null;
+            /**
+             * Format: date-time
+             * @example 2026-01-01T15:46:00.000000Z
+             */
+            created_at: string;
+            /**
+             * @description GET only: what refunds gave back
+             * @example 100.50000000
+             */
+            refunded_amount?: string;
+        };
+        Refund: {
+            /** Format: uuid */
+            refund_id: string;
+            /** @enum {string} */
+            status: "completed";
+            /** Format: uuid */
+            transfer_id: string;
+            /**
+             * Format: uuid
+             * @description the transfer's receiver
+             */
+            from_user_id: string;
+            /**
+             * Format: uuid
+             * @description the transfer's sender
+             */
+            to_user_id: string;
+            /** @example 100.50000000 */
+            amount: string;
+            reason: string | null;
+            /**
+             * Format: date-time
+             * @example 2026-01-01T15:46:00.000000Z
+             */
+            created_at: string;
+        };
+        Hold: {
+            /** Format: uuid */
+            hold_id: string;
+            /** @enum {string} */
+            status: "pending" | "captured" | "voided" | "expired";
+            /** Format: uuid */
+            from_user_id: string;
+            /** Format: uuid */
+            to_user_id: string;
+            /** @example 100.50000000 */
+            amount: string;
+            /** @example 100.50000000 */
+            captured_amount: string;
+            memo: string | null;
+            /**
+             * Format: date-time
+             * @example 2026-01-01T15:46:00.000000Z
+             */
+            expires_at: string;
+            /**
+             * Format: uuid
+             * @description when captured
+             */
+            transfer_id: string | null;
+            /**
+             * Format: date-time
+             * @example 2026-01-01T15:46:00.000000Z
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @example 2026-01-01T15:46:00.000000Z
+             */
+            settled_at: string | null;
+            version: number;
+        };
+        TransferBatch: {
+            /** Format: uuid */
+            batch_id: string;
+            /** Format: uuid */
+            from_user_id: string;
+            /**
+             * @description the sum of the legs
+             * @example 100.50000000
+             */
+            amount: string;
+            transfers: {
+                /** Format: uuid */
+                transfer_id: string;
+                /** @enum {string} */
+                status: "completed";
+                /** Format: uuid */
+                from_user_id: string;
+                /** Format: uuid */
+                to_user_id: string;
+                /** @example 100.50000000 */
+                amount: string;
+                memo: string | null;
+                /**
+                 * Format: date-time
+                 * @example 2026-01-01T15:46:00.000000Z
+                 */
+                created_at: string;
+                /**
+                 * @description GET only: what refunds gave back
+                 * @example 100.50000000
+                 */
+                refunded_amount?: string;
+            }[];
+            /**
+             * Format: date-time
+             * @example 2026-01-01T15:46:00.000000Z
+             */
+            created_at: string;
+        };
+        MintBatch: {
+            /** Format: uuid */
+            batch_id: string;
+            /**
+             * @description the sum of the legs
+             * @example 100.50000000
+             */
+            amount: string;
+            reason: string | null;
+            mints: {
+                /** Format: uuid */
+                mint_id: string;
+                /** @enum {string} */
+                status: "completed";
+                /** Format: uuid */
+                to_user_id: string;
+                /** @example 100.50000000 */
+                amount: string;
+                reason: string | null;
+                /**
+                 * Format: date-time
+                 * @example 2026-01-01T15:46:00.000000Z
+                 */
+                created_at: string;
+            }[];
             /**
              * Format: date-time
              * @example 2026-01-01T15:46:00.000000Z
@@ -606,7 +907,7 @@ export interface components {
         };
     };
     responses: {
-        /** @description invalid_request (malformed JSON, wrong JSON type, unknown field, bad UUID or value, missing Idempotency-Key), insufficient_balance, account_frozen, balance_limit_exceeded */
+        /** @description invalid_request: The request is malformed or a value breaks a rule. Or the request's shape is wrong: malformed JSON, a number where an amount string belongs, an unknown field, a malformed UUID, a missing Idempotency-Key header.; insufficient_balance: The paying wallet holds less than the amount.; account_frozen: A wallet of the transaction is frozen.; balance_limit_exceeded: A balance would exceed 1,000,000,000,000 ATP.; refund_exceeds_transfer: The refunds of a transfer would add up to more than the transfer. */
         E400: {
             headers: {
                 "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
@@ -616,7 +917,7 @@ export interface components {
                 "application/json": components["schemas"]["Error"];
             };
         };
-        /** @description invalid_api_key: missing, unknown, revoked or expired */
+        /** @description invalid_api_key: The API key is missing, unknown, revoked or expired. */
         E401: {
             headers: {
                 "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
@@ -626,7 +927,7 @@ export interface components {
                 "application/json": components["schemas"]["Error"];
             };
         };
-        /** @description permission_denied, or unauthorized_transfer (X-Request-User-Id is not from_user_id) */
+        /** @description permission_denied: The API key lacks the permission this call needs.; unauthorized_transfer: The acting user is not the sender of the transfer.; append_only: Events, journal lines and audit rows cannot be changed or removed. */
         E403: {
             headers: {
                 "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
@@ -636,7 +937,7 @@ export interface components {
                 "application/json": components["schemas"]["Error"];
             };
         };
-        /** @description user_not_found, or not_found (transfer) */
+        /** @description user_not_found: No live user has this id.; not_found: The transfer, hold or API key does not exist. Or there is no such route. */
         E404: {
             headers: {
                 "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
@@ -646,7 +947,17 @@ export interface components {
                 "application/json": components["schemas"]["Error"];
             };
         };
-        /** @description idempotency_conflict, version_conflict, user_exists, balance_not_zero */
+        /** @description method_not_allowed: The route exists, the method does not. */
+        E405: {
+            headers: {
+                "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"];
+            };
+        };
+        /** @description idempotency_conflict: The idempotency key was used for a different request.; version_conflict: The record changed meanwhile; read it again and retry.; user_exists: The user id, username or email is taken.; balance_not_zero: A user with a balance cannot be deleted.; hold_not_pending: The hold was captured, voided or has expired.; pending_holds: A user with pending holds cannot be deleted. */
         E409: {
             headers: {
                 "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
@@ -656,7 +967,7 @@ export interface components {
                 "application/json": components["schemas"]["Error"];
             };
         };
-        /** @description payload_too_large */
+        /** @description payload_too_large: The body is larger than MAX_BODY_BYTES. */
         E413: {
             headers: {
                 "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
@@ -666,7 +977,7 @@ export interface components {
                 "application/json": components["schemas"]["Error"];
             };
         };
-        /** @description rate_limit_exceeded; Retry-After says when to retry */
+        /** @description rate_limit_exceeded: Too many requests this minute; DETAIL holds retry_after seconds. */
         E429: {
             headers: {
                 "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
@@ -677,7 +988,7 @@ export interface components {
                 "application/json": components["schemas"]["Error"];
             };
         };
-        /** @description unavailable: the database cannot be reached; retry later */
+        /** @description unavailable: The database cannot be reached or every connection is busy; retry after Retry-After seconds. */
         E503: {
             headers: {
                 "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
@@ -1035,7 +1346,216 @@ export interface operations {
             503: components["responses"]["E503"];
         };
     };
-    get_transfer: {
+    transfer_batch: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description a new UUID per request; the same key with the same request replays the response */
+                "Idempotency-Key": string;
+                /** @description the person acting (from the front end); recorded with the events and audit rows */
+                "X-Request-User-Id": string;
+                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /**
+                     * Format: uuid
+                     * @description the sender: must equal X-Request-User-Id
+                     */
+                    from_user_id: string;
+                    /** @description the legs, each a transfer of its own; a leg to SYSTEM_FEE (00000000-0000-0000-0000-000000000002) credits the fee account */
+                    transfers: {
+                        /** Format: uuid */
+                        to_user_id: string;
+                        /**
+                         * @description ATP as a JSON string: more than 0, at most 1000000000000, at most 8 decimals
+                         * @example 100.50000000
+                         */
+                        amount: string;
+                        /** @description shown in both users' history */
+                        memo?: string | null;
+                    }[];
+                };
+            };
+        };
+        responses: {
+            /** @description success */
+            201: {
+                headers: {
+                    "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
+                    "Idempotent-Replayed": components["headers"]["Idempotent-Replayed"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TransferBatch"];
+                };
+            };
+            400: components["responses"]["E400"];
+            401: components["responses"]["E401"];
+            403: components["responses"]["E403"];
+            404: components["responses"]["E404"];
+            409: components["responses"]["E409"];
+            413: components["responses"]["E413"];
+            429: components["responses"]["E429"];
+            503: components["responses"]["E503"];
+        };
+    };
+    create_hold: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description a new UUID per request; the same key with the same request replays the response */
+                "Idempotency-Key": string;
+                /** @description the person acting (from the front end); recorded with the events and audit rows */
+                "X-Request-User-Id": string;
+                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /**
+                     * Format: uuid
+                     * @description the sender: must equal X-Request-User-Id
+                     */
+                    from_user_id: string;
+                    /** Format: uuid */
+                    to_user_id: string;
+                    /**
+                     * @description ATP as a JSON string: more than 0, at most 1000000000000, at most 8 decimals
+                     * @example 100.50000000
+                     */
+                    amount: string;
+                    /** @description shown in both users' history once captured */
+                    memo?: string | null;
+                    /** @description seconds until the hold expires (3600) */
+                    expires_in_seconds?: number | null;
+                };
+            };
+        };
+        responses: {
+            /** @description success */
+            201: {
+                headers: {
+                    "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
+                    "Idempotent-Replayed": components["headers"]["Idempotent-Replayed"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Hold"];
+                };
+            };
+            400: components["responses"]["E400"];
+            401: components["responses"]["E401"];
+            403: components["responses"]["E403"];
+            404: components["responses"]["E404"];
+            409: components["responses"]["E409"];
+            413: components["responses"]["E413"];
+            429: components["responses"]["E429"];
+            503: components["responses"]["E503"];
+        };
+    };
+    capture_hold: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description a new UUID per request; the same key with the same request replays the response */
+                "Idempotency-Key": string;
+                /** @description the person acting (from the front end); recorded with the events and audit rows */
+                "X-Request-User-Id": string;
+                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
+            };
+            path: {
+                hold_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": {
+                    /**
+                     * @description at most the held amount (all of it)
+                     * @example 100.50000000
+                     */
+                    amount?: string | null;
+                };
+            };
+        };
+        responses: {
+            /** @description success */
+            200: {
+                headers: {
+                    "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
+                    "Idempotent-Replayed": components["headers"]["Idempotent-Replayed"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Hold"];
+                };
+            };
+            400: components["responses"]["E400"];
+            401: components["responses"]["E401"];
+            403: components["responses"]["E403"];
+            404: components["responses"]["E404"];
+            409: components["responses"]["E409"];
+            413: components["responses"]["E413"];
+            429: components["responses"]["E429"];
+            503: components["responses"]["E503"];
+        };
+    };
+    void_hold: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description a new UUID per request; the same key with the same request replays the response */
+                "Idempotency-Key": string;
+                /** @description the person acting (from the front end); recorded with the events and audit rows */
+                "X-Request-User-Id": string;
+                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
+            };
+            path: {
+                hold_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": Record<string, never>;
+            };
+        };
+        responses: {
+            /** @description success */
+            200: {
+                headers: {
+                    "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
+                    "Idempotent-Replayed": components["headers"]["Idempotent-Replayed"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Hold"];
+                };
+            };
+            400: components["responses"]["E400"];
+            401: components["responses"]["E401"];
+            403: components["responses"]["E403"];
+            404: components["responses"]["E404"];
+            409: components["responses"]["E409"];
+            413: components["responses"]["E413"];
+            429: components["responses"]["E429"];
+            503: components["responses"]["E503"];
+        };
+    };
+    get_hold: {
         parameters: {
             query?: never;
             header?: {
@@ -1045,7 +1565,7 @@ export interface operations {
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path: {
-                transfer_id: string;
+                hold_id: string;
             };
             cookie?: never;
         };
@@ -1058,7 +1578,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Transfer"];
+                    "application/json": components["schemas"]["Hold"];
                 };
             };
             400: components["responses"]["E400"];
@@ -1108,6 +1628,145 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Mint"];
+                };
+            };
+            400: components["responses"]["E400"];
+            401: components["responses"]["E401"];
+            403: components["responses"]["E403"];
+            404: components["responses"]["E404"];
+            409: components["responses"]["E409"];
+            413: components["responses"]["E413"];
+            429: components["responses"]["E429"];
+            503: components["responses"]["E503"];
+        };
+    };
+    get_transfer: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description the person acting (from the front end); recorded with the events and audit rows */
+                "X-Request-User-Id"?: string;
+                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
+            };
+            path: {
+                transfer_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description success */
+            200: {
+                headers: {
+                    "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Transfer"];
+                };
+            };
+            400: components["responses"]["E400"];
+            401: components["responses"]["E401"];
+            403: components["responses"]["E403"];
+            404: components["responses"]["E404"];
+            429: components["responses"]["E429"];
+            503: components["responses"]["E503"];
+        };
+    };
+    refund_transfer: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description a new UUID per request; the same key with the same request replays the response */
+                "Idempotency-Key": string;
+                /** @description the person acting (from the front end); recorded with the events and audit rows */
+                "X-Request-User-Id": string;
+                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
+            };
+            path: {
+                transfer_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": {
+                    /**
+                     * @description ATP as a JSON string; default: all that is not refunded yet
+                     * @example 100.50000000
+                     */
+                    amount?: string | null;
+                    /** @description shown in both users' history */
+                    reason?: string | null;
+                };
+            };
+        };
+        responses: {
+            /** @description success */
+            201: {
+                headers: {
+                    "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
+                    "Idempotent-Replayed": components["headers"]["Idempotent-Replayed"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Refund"];
+                };
+            };
+            400: components["responses"]["E400"];
+            401: components["responses"]["E401"];
+            403: components["responses"]["E403"];
+            404: components["responses"]["E404"];
+            409: components["responses"]["E409"];
+            413: components["responses"]["E413"];
+            429: components["responses"]["E429"];
+            503: components["responses"]["E503"];
+        };
+    };
+    mint_batch: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description a new UUID per request; the same key with the same request replays the response */
+                "Idempotency-Key": string;
+                /** @description the person acting (from the front end); recorded with the events and audit rows */
+                "X-Request-User-Id"?: string;
+                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description the legs, each a mint of its own */
+                    mints: {
+                        /** Format: uuid */
+                        to_user_id: string;
+                        /**
+                         * @description ATP as a JSON string: more than 0, at most 1000000000000, at most 8 decimals
+                         * @example 100.50000000
+                         */
+                        amount: string;
+                    }[];
+                    /** @description why, for the audit log (one audit row holds the whole batch) */
+                    reason?: string | null;
+                };
+            };
+        };
+        responses: {
+            /** @description success */
+            201: {
+                headers: {
+                    "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
+                    "Idempotent-Replayed": components["headers"]["Idempotent-Replayed"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MintBatch"];
                 };
             };
             400: components["responses"]["E400"];
