@@ -85,21 +85,18 @@ BEGIN
         'burn_id', _id, 'status', 'completed', 'from_user_id', burn.from_user_id,
         'amount', burn.amount::numeric(21, 8)::text, 'reason', burn.reason, 'created_at', ledger.rfc3339(_at));
     _ctx := ROW(_c.api_key_id, _c.actor, burn.request_user_id, burn.correlation_id, burn.client_addr, _c.scope);
-    status := ledger.post_journal(
-        ctx => _ctx, at => _at,
-        legs => ARRAY[ROW(_id, _wallet.account_id, _issued.account_id, burn.amount, 'burn', 'burn',
-                          burn.from_user_id, _issued.user_id, burn.reason, NULL)::ledger.posting_leg],
-        accounts => ARRAY[ROW(_wallet.account_id, _wallet.normal_side, _wallet.balance, _wallet.version, 0),
-                          ROW(_issued.account_id, _issued.normal_side, _issued.balance, _issued.version,
-                              0)]::ledger.account_state[],
-        action => 'burn', resource_type => 'burn', resource_id => _id::text,
+    status := ledger.post_transfer(
+        ctx => _ctx, at => _at, journal_id => _id, amount => burn.amount, memo => burn.reason,
+        debit_account => _wallet.account_id, debit_user => burn.from_user_id, debit_kind => 'burn',
+        debit_version => _wallet.version + 1, debit_after => _wallet.balance - burn.amount,
+        credit_account => _issued.account_id, credit_user => _issued.user_id, credit_kind => 'burn',
+        credit_version => _issued.version + 1, credit_after => _issued.balance - burn.amount,
+        action => 'burn',
         before_state => jsonb_build_object('balance', _wallet.balance::numeric(21, 8)::text,
                                            'issued', _issued.balance::numeric(21, 8)::text),
-        after_state => body || jsonb_build_object(
-            'balance', (_wallet.balance - burn.amount)::numeric(21, 8)::text,
-            'issued', (_issued.balance - burn.amount)::numeric(21, 8)::text),
-        idempotency_key => burn.idempotency_key, operation => 'burn', request_hash => _hash,
-        response_status => 201, response_body => body);
+        after_state => body || jsonb_build_object('balance', (_wallet.balance - burn.amount)::numeric(21, 8)::text,
+                                                  'issued', (_issued.balance - burn.amount)::numeric(21, 8)::text),
+        idempotency_key => burn.idempotency_key, request_hash => _hash, response_body => body);
     status := 201;
     replayed := false;
 END

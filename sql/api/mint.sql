@@ -83,21 +83,18 @@ BEGIN
         'mint_id', _id, 'status', 'completed', 'to_user_id', mint.to_user_id,
         'amount', mint.amount::numeric(21, 8)::text, 'reason', mint.reason, 'created_at', ledger.rfc3339(_at));
     _ctx := ROW(_c.api_key_id, _c.actor, mint.request_user_id, mint.correlation_id, mint.client_addr, _c.scope);
-    status := ledger.post_journal(
-        ctx => _ctx, at => _at,
-        legs => ARRAY[ROW(_id, _issued.account_id, _wallet.account_id, mint.amount, 'mint', 'mint',
-                          _issued.user_id, mint.to_user_id, mint.reason, NULL)::ledger.posting_leg],
-        accounts => ARRAY[ROW(_issued.account_id, _issued.normal_side, _issued.balance, _issued.version, 0),
-                          ROW(_wallet.account_id, _wallet.normal_side, _wallet.balance, _wallet.version,
-                              0)]::ledger.account_state[],
-        action => 'mint', resource_type => 'mint', resource_id => _id::text,
+    status := ledger.post_transfer(
+        ctx => _ctx, at => _at, journal_id => _id, amount => mint.amount, memo => mint.reason,
+        debit_account => _issued.account_id, debit_user => _issued.user_id, debit_kind => 'mint',
+        debit_version => _issued.version + 1, debit_after => _issued.balance + mint.amount,
+        credit_account => _wallet.account_id, credit_user => mint.to_user_id, credit_kind => 'mint',
+        credit_version => _wallet.version + 1, credit_after => _wallet.balance + mint.amount,
+        action => 'mint',
         before_state => jsonb_build_object('issued', _issued.balance::numeric(21, 8)::text,
                                            'balance', _wallet.balance::numeric(21, 8)::text),
-        after_state => body || jsonb_build_object(
-            'issued', (_issued.balance + mint.amount)::numeric(21, 8)::text,
-            'balance', (_wallet.balance + mint.amount)::numeric(21, 8)::text),
-        idempotency_key => mint.idempotency_key, operation => 'mint', request_hash => _hash,
-        response_status => 201, response_body => body);
+        after_state => body || jsonb_build_object('issued', (_issued.balance + mint.amount)::numeric(21, 8)::text,
+                                                  'balance', (_wallet.balance + mint.amount)::numeric(21, 8)::text),
+        idempotency_key => mint.idempotency_key, request_hash => _hash, response_body => body);
     status := 201;
     replayed := false;
 END

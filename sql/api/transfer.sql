@@ -99,7 +99,8 @@ BEGIN
             MESSAGE = 'this would take a balance above the limit of 1000000000000 ATP';
     END IF;
 
-    -- Statement 3: events, journal lines, balances, snapshots, audit row, stored response.
+    -- Statement 3 (ledger.post_transfer): events, journal lines, balances, snapshots, audit row,
+    -- stored response.
     _id := ledger.uuid_v7();
     _at := clock_timestamp();  -- after the locks, so that event times and versions agree per account
     body := jsonb_build_object(
@@ -108,21 +109,18 @@ BEGIN
         'memo', transfer.memo, 'created_at', ledger.rfc3339(_at));
     _ctx := ROW(_c.api_key_id, _c.actor, transfer.request_user_id, transfer.correlation_id, transfer.client_addr,
                 _c.scope);
-    status := ledger.post_journal(
-        ctx => _ctx, at => _at,
-        legs => ARRAY[ROW(_id, _debit.account_id, _credit.account_id, transfer.amount, 'transfer_out',
-                          'transfer_in', transfer.from_user_id, transfer.to_user_id, transfer.memo,
-                          NULL)::ledger.posting_leg],
-        accounts => ARRAY[ROW(_debit.account_id, _debit.normal_side, _debit.balance, _debit.version, 0),
-                          ROW(_credit.account_id, _credit.normal_side, _credit.balance, _credit.version,
-                              0)]::ledger.account_state[],
-        action => 'transfer', resource_type => 'transfer', resource_id => _id::text,
+    status := ledger.post_transfer(
+        ctx => _ctx, at => _at, journal_id => _id, amount => transfer.amount, memo => transfer.memo,
+        debit_account => _debit.account_id, debit_user => transfer.from_user_id, debit_kind => 'transfer_out',
+        debit_version => _debit.version + 1, debit_after => _debit_after,
+        credit_account => _credit.account_id, credit_user => transfer.to_user_id, credit_kind => 'transfer_in',
+        credit_version => _credit.version + 1, credit_after => _credit_after,
+        action => 'transfer',
         before_state => jsonb_build_object('from_balance', _debit.balance::numeric(21, 8)::text,
                                            'to_balance', _credit.balance::numeric(21, 8)::text),
         after_state => body || jsonb_build_object('from_balance', _debit_after::numeric(21, 8)::text,
                                                   'to_balance', _credit_after::numeric(21, 8)::text),
-        idempotency_key => transfer.idempotency_key, operation => 'transfer', request_hash => _hash,
-        response_status => 201, response_body => body);
+        idempotency_key => transfer.idempotency_key, request_hash => _hash, response_body => body);
     status := 201;
     replayed := false;
 END
