@@ -1,6 +1,6 @@
 """The shape of the write path, counted on one call: transfer, mint, burn and create_hold run one
 PL/pgSQL body (the api function), at most three nested SQL statements, one other function call
-(the posting: ledger.post_transfer for one journal, ledger.post_journal for a hold) and no
+(the posting: ledger.post_transfer for one journal, ledger.post_hold for a new hold) and no
 trigger. pg_stat_statements (track = all) counts the statements, pg_stat_xact_user_functions the
 calls of PL/pgSQL and SQL functions that were not inlined, trigger functions included."""
 
@@ -88,7 +88,7 @@ def test_one_call_executes_the_lean_shape(dba, app_url, make_key, operation: str
         "SELECT query, calls FROM pg_stat_statements WHERE NOT toplevel ORDER BY query"
     ).fetchall()
     assert sum(calls for _, calls in nested) <= MAX_NESTED_STATEMENTS, nested
-    posting = "ledger.post_journal" if operation == "create_hold" else "ledger.post_transfer"
+    posting = "ledger.post_hold" if operation == "create_hold" else "ledger.post_transfer"
     assert functions == [(f"api.{operation}", 1), (posting, 1)], functions
 
 

@@ -100,21 +100,16 @@ BEGIN
     body := ledger.hold_json(_hold);
     _ctx := ROW(_c.api_key_id, _c.actor, create_hold.request_user_id, create_hold.correlation_id,
                 create_hold.client_addr, _c.scope);
-    status := ledger.post_journal(
-        ctx => _ctx, at => _at, legs => '{}',
-        accounts => ARRAY[ROW(_debit.account_id, _debit.normal_side, _debit.balance, _debit.version,
-                              create_hold.amount)]::ledger.account_state[],
-        action => 'hold.create', resource_type => 'hold', resource_id => _hold.id::text,
+    status := ledger.post_hold(
+        ctx => _ctx, at => _at, hold => _hold,
+        event_data => jsonb_build_object(
+            'from_user_id', _hold.from_user_id, 'to_user_id', _hold.to_user_id,
+            'from_account_id', _hold.from_account_id, 'to_account_id', _hold.to_account_id,
+            'amount', body->'amount', 'memo', _hold.memo, 'expires_at', body->'expires_at'),
         before_state => jsonb_build_object('from_held', _debit.held::numeric(21, 8)::text),
         after_state => body || jsonb_build_object(
             'from_held', (_debit.held + create_hold.amount)::numeric(21, 8)::text),
-        idempotency_key => create_hold.idempotency_key, operation => 'create_hold', request_hash => _hash,
-        response_status => 201, response_body => body,
-        extra_events => ARRAY[ROW('hold', _hold.id, 1, 'HoldCreated', jsonb_build_object(
-            'from_user_id', _hold.from_user_id, 'to_user_id', _hold.to_user_id,
-            'from_account_id', _hold.from_account_id, 'to_account_id', _hold.to_account_id,
-            'amount', body->'amount', 'memo', _hold.memo, 'expires_at', body->'expires_at'))]::ledger.extra_event[],
-        hold => _hold);
+        idempotency_key => create_hold.idempotency_key, request_hash => _hash, response_body => body);
     status := 201;
     replayed := false;
 END
