@@ -12,8 +12,6 @@ RETURNS ledger.idempotency_keys
 LANGUAGE plpgsql
 AS $$
 #variable_conflict use_column
-DECLARE
-    _stored ledger.idempotency_keys;
 BEGIN
     IF idempotency_lookup.idempotency_key IS NULL THEN
         IF ctx.api_key_id IS NOT NULL THEN
@@ -23,22 +21,9 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM pg_advisory_xact_lock(hashtextextended(ctx.scope || '/' || idempotency_lookup.idempotency_key::text, 0));
-    SELECT * INTO _stored FROM ledger.idempotency_keys
-     WHERE scope = ctx.scope AND key = idempotency_lookup.idempotency_key;
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
-    IF _stored.expires_at <= now() THEN
-        -- An expired key is forgotten: it may be used for a new request.
-        DELETE FROM ledger.idempotency_keys WHERE scope = _stored.scope AND key = _stored.key;
-        RETURN NULL;
-    END IF;
-    IF _stored.operation <> idempotency_lookup.operation
-       OR _stored.request_hash <> idempotency_lookup.request_hash THEN
-        RAISE EXCEPTION USING ERRCODE = 'L4091',
-            MESSAGE = format('idempotency key %s was already used for a different request',
-                             idempotency_lookup.idempotency_key);
-    END IF;
-    RETURN _stored;
+    -- An expired key is forgotten: it may be used for a new request (ledger.idempotency_store
+    -- replaces its row).
+    RETURN ledger.idempotency_replay(ctx.scope, idempotency_lookup.idempotency_key, idempotency_lookup.operation,
+                                     idempotency_lookup.request_hash);
 END
 $$;

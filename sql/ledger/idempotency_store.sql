@@ -19,6 +19,12 @@ BEGIN
                                          response_body, expires_at)
     VALUES (ctx.scope, idempotency_store.idempotency_key, idempotency_store.operation,
             idempotency_store.request_hash, idempotency_store.response_status, idempotency_store.response_body,
-            ledger.idempotency_expiry());
+            ledger.idempotency_expiry())
+    -- The caller holds the key's lock and found no live response under it (ledger.idempotency_lookup):
+    -- a row here can only be an expired one.
+    ON CONFLICT (scope, key) DO UPDATE
+       SET operation = excluded.operation, request_hash = excluded.request_hash,
+           response_status = excluded.response_status, response_body = excluded.response_body,
+           created_at = excluded.created_at, expires_at = excluded.expires_at;
 END
 $$;
