@@ -94,7 +94,7 @@ def state(conn: psycopg.Connection, users: list[str], moments: list[Any]) -> dic
         return row[0]
 
     return {
-        "balances": [one("SELECT api.get_balance(%s) - 'updated_at'", u) for u in live],
+        "balances": [one("SELECT api.get_balance(%s)::jsonb - 'updated_at'", u) for u in live],
         "as_of": [
             one("SELECT api.get_balance(%s, as_of => %s)", u, m) for u in live for m in moments
         ],

@@ -9,7 +9,7 @@ CREATE OR REPLACE FUNCTION api.burn(
     correlation_id text DEFAULT NULL,
     client_addr inet DEFAULT NULL,
     OUT status integer,
-    OUT body jsonb,
+    OUT body json,
     OUT replayed boolean
 )
 LANGUAGE plpgsql
@@ -81,7 +81,8 @@ BEGIN
 
     _id := ledger.uuid_v7();
     _at := clock_timestamp();
-    body := jsonb_build_object(
+    -- The body in the contract's order; the audit state as jsonb, as in api.transfer.
+    body := json_build_object(
         'burn_id', _id, 'status', 'completed', 'from_user_id', burn.from_user_id,
         'amount', burn.amount::numeric(21, 8)::text, 'reason', burn.reason, 'created_at', ledger.rfc3339(_at));
     _ctx := ROW(_c.api_key_id, _c.actor, burn.request_user_id, burn.correlation_id, burn.client_addr, _c.scope);
@@ -94,8 +95,11 @@ BEGIN
         action => 'burn',
         before_state => jsonb_build_object('balance', _wallet.balance::numeric(21, 8)::text,
                                            'issued', _issued.balance::numeric(21, 8)::text),
-        after_state => body || jsonb_build_object('balance', (_wallet.balance - burn.amount)::numeric(21, 8)::text,
-                                                  'issued', (_issued.balance - burn.amount)::numeric(21, 8)::text),
+        after_state => jsonb_build_object(
+            'burn_id', _id, 'status', 'completed', 'from_user_id', burn.from_user_id,
+            'amount', burn.amount::numeric(21, 8)::text, 'reason', burn.reason, 'created_at', ledger.rfc3339(_at),
+            'balance', (_wallet.balance - burn.amount)::numeric(21, 8)::text,
+            'issued', (_issued.balance - burn.amount)::numeric(21, 8)::text),
         idempotency_key => burn.idempotency_key, request_hash => _hash, response_body => body);
     status := 201;
     replayed := false;

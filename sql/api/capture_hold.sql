@@ -8,7 +8,7 @@ CREATE OR REPLACE FUNCTION api.capture_hold(
     correlation_id text DEFAULT NULL,
     client_addr inet DEFAULT NULL,
     OUT status integer,
-    OUT body jsonb,
+    OUT body json,
     OUT replayed boolean
 )
 LANGUAGE plpgsql
@@ -121,14 +121,14 @@ BEGIN
                                            'from_balance', _debit.balance::numeric(21, 8)::text,
                                            'from_held', _debit.held::numeric(21, 8)::text,
                                            'to_balance', _credit.balance::numeric(21, 8)::text),
-        after_state => body || jsonb_build_object(
+        after_state => ledger.hold_state(_hold) || jsonb_build_object(
             'from_balance', (_debit.balance - _amount)::numeric(21, 8)::text,
             'from_held', (_debit.held - _hold.amount)::numeric(21, 8)::text,
             'to_balance', (_credit.balance + _amount)::numeric(21, 8)::text),
         idempotency_key => capture_hold.idempotency_key, operation => 'capture_hold', request_hash => _hash,
         response_status => 200, response_body => body,
         extra_events => ARRAY[ROW('hold', _hold.id, _hold.version, 'HoldCaptured', jsonb_build_object(
-            'captured_amount', body->'captured_amount',
+            'captured_amount', _hold.captured_amount::numeric(21, 8)::text,
             'released_amount', (_hold.amount - _amount)::numeric(21, 8)::text,
             'transfer_id', _transfer))]::ledger.extra_event[],
         hold => _hold);

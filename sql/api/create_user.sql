@@ -10,7 +10,7 @@ CREATE OR REPLACE FUNCTION api.create_user(
     correlation_id text DEFAULT NULL,
     client_addr inet DEFAULT NULL,
     OUT status integer,
-    OUT body jsonb,
+    OUT body json,
     OUT replayed boolean
 )
 LANGUAGE plpgsql
@@ -23,7 +23,7 @@ DECLARE
     _hash text;
     _stored ledger.idempotency_keys;
     _account uuid := ledger.uuid_v7();
-    _body jsonb;
+    _body json;
     _at timestamptz;
 BEGIN
     _ctx := ledger.authorize(create_user.api_key_hash, 'write', create_user.request_user_id,
@@ -81,7 +81,7 @@ BEGIN
      WHERE a.aggregate_type = 'account';
 
     _body := ledger.user_json(create_user.user_id);
-    PERFORM ledger.write_audit(_ctx, 'user.create', 'user', create_user.user_id::text, NULL, _body);
+    PERFORM ledger.write_audit(_ctx, 'user.create', 'user', create_user.user_id::text, NULL, _body::jsonb);
     PERFORM ledger.idempotency_store(_ctx, create_user.idempotency_key, 'create_user', _hash, 201, _body);
     status := 201;
     body := _body;

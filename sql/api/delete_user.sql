@@ -7,7 +7,7 @@ CREATE OR REPLACE FUNCTION api.delete_user(
     correlation_id text DEFAULT NULL,
     client_addr inet DEFAULT NULL,
     OUT status integer,
-    OUT body jsonb,
+    OUT body json,
     OUT replayed boolean
 )
 LANGUAGE plpgsql
@@ -23,7 +23,7 @@ DECLARE
     _wallet ledger.balances;
     _before jsonb;
     _at timestamptz;
-    _body jsonb;
+    _body json;
 BEGIN
     _ctx := ledger.authorize(delete_user.api_key_hash, 'write', delete_user.request_user_id,
                              delete_user.correlation_id, delete_user.client_addr);
@@ -59,7 +59,7 @@ BEGIN
                              _user.id, _wallet.balance::numeric(21, 8));
     END IF;
 
-    _before := ledger.user_json(_user.id);
+    _before := ledger.user_json(_user.id)::jsonb;
     _at := clock_timestamp();
     UPDATE ledger.users SET deleted_at = _at, updated_at = _at, version = version + 1 WHERE id = _user.id;
     INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor,
@@ -68,8 +68,8 @@ BEGIN
             _ctx.actor, _ctx.api_key_id, _ctx.request_user_id, _ctx.correlation_id, _at);
     PERFORM ledger.append_account_event(_ctx, _wallet.account_id, 'AccountClosed', '{}'::jsonb, _at);
 
-    _body := jsonb_build_object('user_id', _user.id, 'status', 'deleted', 'deleted_at', ledger.rfc3339(_at));
-    PERFORM ledger.write_audit(_ctx, 'user.delete', 'user', _user.id::text, _before, _body);
+    _body := json_build_object('user_id', _user.id, 'status', 'deleted', 'deleted_at', ledger.rfc3339(_at));
+    PERFORM ledger.write_audit(_ctx, 'user.delete', 'user', _user.id::text, _before, _body::jsonb);
     PERFORM ledger.idempotency_store(_ctx, delete_user.idempotency_key, 'delete_user', _hash, 200, _body);
     status := 200;
     body := _body;

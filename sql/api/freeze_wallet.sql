@@ -8,7 +8,7 @@ CREATE OR REPLACE FUNCTION api.freeze_wallet(
     correlation_id text DEFAULT NULL,
     client_addr inet DEFAULT NULL,
     OUT status integer,
-    OUT body jsonb,
+    OUT body json,
     OUT replayed boolean
 )
 LANGUAGE plpgsql
@@ -20,7 +20,7 @@ DECLARE
     _ctx ledger.request_context;
     _hash text;
     _stored ledger.idempotency_keys;
-    _body jsonb;
+    _body json;
 BEGIN
     _ctx := ledger.authorize(freeze_wallet.api_key_hash, 'admin', freeze_wallet.request_user_id,
                              freeze_wallet.correlation_id, freeze_wallet.client_addr);

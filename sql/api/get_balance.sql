@@ -6,7 +6,7 @@ CREATE OR REPLACE FUNCTION api.get_balance(
     correlation_id text DEFAULT NULL,
     client_addr inet DEFAULT NULL
 )
-RETURNS jsonb
+RETURNS json
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -23,12 +23,12 @@ BEGIN
     _account := ledger.wallet_of(get_balance.user_id);
     SELECT username INTO _username FROM ledger.users WHERE id = get_balance.user_id;
     IF get_balance.as_of IS NULL THEN
-        RETURN (SELECT jsonb_build_object('user_id', get_balance.user_id, 'username', _username,
-                                          'balance', b.balance::numeric(21, 8)::text,
-                                          'available', (b.balance - b.held)::numeric(21, 8)::text,
-                                          'held', b.held::numeric(21, 8)::text,
-                                          'is_frozen', b.is_frozen,
-                                          'updated_at', ledger.rfc3339(b.updated_at))
+        RETURN (SELECT json_build_object('user_id', get_balance.user_id, 'username', _username,
+                                         'balance', b.balance::numeric(21, 8)::text,
+                                         'available', (b.balance - b.held)::numeric(21, 8)::text,
+                                         'held', b.held::numeric(21, 8)::text,
+                                         'is_frozen', b.is_frozen,
+                                         'updated_at', ledger.rfc3339(b.updated_at))
                   FROM ledger.balances b WHERE b.account_id = _account);
     END IF;
 
@@ -51,7 +51,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'L4041',
             MESSAGE = format('user %s did not exist at %s', get_balance.user_id, ledger.rfc3339(get_balance.as_of));
     END IF;
-    RETURN jsonb_build_object(
+    RETURN json_build_object(
         'user_id', get_balance.user_id,
         'username', _username,
         'balance', (COALESCE(_snapshot.balance, 0) + _replayed.delta)::numeric(21, 8)::text,

@@ -7,7 +7,7 @@ CREATE OR REPLACE FUNCTION api.get_history(
     correlation_id text DEFAULT NULL,
     client_addr inet DEFAULT NULL
 )
-RETURNS jsonb
+RETURNS json
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -16,7 +16,7 @@ AS $$
 DECLARE
     _account uuid;
     _before bigint;
-    _items jsonb;
+    _items json;
     _next text;
 BEGIN
     PERFORM ledger.authorize(get_history.api_key_hash, 'read', get_history.request_user_id,
@@ -41,27 +41,29 @@ BEGIN
     ), numbered AS (
         SELECT page.*, row_number() OVER (ORDER BY page.id DESC) AS n FROM page
     )
-    SELECT COALESCE(jsonb_agg(jsonb_build_object(
-               'id', n.journal_id,
+    -- Each item in the order of the contract's History item; its optional fields come last and
+    -- only when they apply: a captured hold's transfer names the hold, a refund names the
+    -- transfer it gives back. Every value is text or null, so one text[] of keys and values
+    -- carries them, optional pairs appended.
+    SELECT COALESCE(json_agg(json_build_object(VARIADIC ARRAY[
+               'id', n.journal_id::text,
                'kind', n.kind,
                'amount', n.amount::numeric(21, 8)::text,
-               'counterparty', n.counterparty_user_id,
+               'counterparty', n.counterparty_user_id::text,
                'memo', n.memo,
                'balance_after', n.balance_after::numeric(21, 8)::text,
-               'created_at', ledger.rfc3339(n.created_at))
-               -- A captured hold's transfer names the hold; a refund names the transfer it gives back.
+               'created_at', ledger.rfc3339(n.created_at)]
                || CASE WHEN n.kind IN ('transfer_in', 'transfer_out')
-                       THEN COALESCE((SELECT jsonb_build_object('hold_id', h.id) FROM ledger.holds h
-                                       WHERE h.transfer_id = n.journal_id), '{}'::jsonb)
-                       ELSE '{}'::jsonb END
-               || CASE WHEN n.refund_of IS NULL THEN '{}'::jsonb
-                       ELSE jsonb_build_object('transfer_id', n.refund_of) END ORDER BY n.id DESC)
-               FILTER (WHERE n.n <= get_history."limit"), '[]'::jsonb),
+                       THEN (SELECT ARRAY['hold_id', h.id::text] FROM ledger.holds h
+                              WHERE h.transfer_id = n.journal_id) END
+               || CASE WHEN n.refund_of IS NOT NULL THEN ARRAY['transfer_id', n.refund_of::text] END)
+               ORDER BY n.id DESC)
+               FILTER (WHERE n.n <= get_history."limit"), '[]'::json),
            CASE WHEN count(*) > get_history."limit"
                 THEN (min(n.id) FILTER (WHERE n.n <= get_history."limit"))::text END
       INTO _items, _next
       FROM numbered n;
-    RETURN jsonb_build_object('user_id', get_history.user_id, 'items', _items, 'next_cursor', _next);
+    RETURN json_build_object('user_id', get_history.user_id, 'items', _items, 'next_cursor', _next);
 END
 $$;
 

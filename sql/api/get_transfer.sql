@@ -5,18 +5,18 @@ CREATE OR REPLACE FUNCTION api.get_transfer(
     correlation_id text DEFAULT NULL,
     client_addr inet DEFAULT NULL
 )
-RETURNS jsonb
+RETURNS json
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    _body jsonb;
+    _body json;
 BEGIN
     PERFORM ledger.authorize(get_transfer.api_key_hash, 'read', get_transfer.request_user_id,
                              get_transfer.correlation_id, get_transfer.client_addr);
-    SELECT jsonb_build_object(
+    SELECT json_build_object(
                'transfer_id', e.journal_id,
                'status', 'completed',
                'from_user_id', a.user_id,

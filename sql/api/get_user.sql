@@ -5,14 +5,14 @@ CREATE OR REPLACE FUNCTION api.get_user(
     correlation_id text DEFAULT NULL,
     client_addr inet DEFAULT NULL
 )
-RETURNS jsonb
+RETURNS json
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    _body jsonb;
+    _body json;
 BEGIN
     PERFORM ledger.authorize(get_user.api_key_hash, 'read', get_user.request_user_id,
                              get_user.correlation_id, get_user.client_addr);

@@ -6,7 +6,7 @@ CREATE OR REPLACE FUNCTION api.list_events(
     correlation_id text DEFAULT NULL,
     client_addr inet DEFAULT NULL
 )
-RETURNS jsonb
+RETURNS json
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -16,8 +16,8 @@ DECLARE
     _after_tx xid8 := '0';
     _after_id bigint := 0;
     _horizon xid8;
-    _events jsonb;
-    _last record;
+    _events json;
+    _next text;
 BEGIN
     PERFORM ledger.authorize(list_events.api_key_hash, 'admin', list_events.request_user_id,
                              list_events.correlation_id, list_events.client_addr);
@@ -41,7 +41,8 @@ BEGIN
          ORDER BY e.tx_id, e.id
          LIMIT list_events."limit"
     )
-    SELECT COALESCE(jsonb_agg(jsonb_build_object(
+    -- Each event in the order of the contract's EventPage item; data is the event's own jsonb.
+    SELECT COALESCE(json_agg(json_build_object(
                'id', p.id,
                'cursor', p.tx_id::text || '-' || p.id::text,
                'aggregate_type', p.aggregate_type,
@@ -53,12 +54,11 @@ BEGIN
                'api_key_id', p.api_key_id,
                'request_user_id', p.request_user_id,
                'correlation_id', p.correlation_id,
-               'created_at', ledger.rfc3339(p.created_at)) ORDER BY p.tx_id, p.id), '[]'::jsonb)
-      INTO _events
+               'created_at', ledger.rfc3339(p.created_at)) ORDER BY p.tx_id, p.id), '[]'::json),
+           (array_agg(p.tx_id::text || '-' || p.id::text ORDER BY p.tx_id DESC, p.id DESC))[1]
+      INTO _events, _next
       FROM page p;
-    RETURN jsonb_build_object(
-        'events', _events,
-        'next_cursor', COALESCE(_events -> -1 ->> 'cursor', list_events.after, '0-0'));
+    RETURN json_build_object('events', _events, 'next_cursor', COALESCE(_next, list_events.after, '0-0'));
 END
 $$;
 

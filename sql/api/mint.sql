@@ -9,7 +9,7 @@ CREATE OR REPLACE FUNCTION api.mint(
     correlation_id text DEFAULT NULL,
     client_addr inet DEFAULT NULL,
     OUT status integer,
-    OUT body jsonb,
+    OUT body json,
     OUT replayed boolean
 )
 LANGUAGE plpgsql
@@ -79,7 +79,8 @@ BEGIN
 
     _id := ledger.uuid_v7();
     _at := clock_timestamp();
-    body := jsonb_build_object(
+    -- The body in the contract's order; the audit state as jsonb, as in api.transfer.
+    body := json_build_object(
         'mint_id', _id, 'status', 'completed', 'to_user_id', mint.to_user_id,
         'amount', mint.amount::numeric(21, 8)::text, 'reason', mint.reason, 'created_at', ledger.rfc3339(_at));
     _ctx := ROW(_c.api_key_id, _c.actor, mint.request_user_id, mint.correlation_id, mint.client_addr, _c.scope);
@@ -92,8 +93,11 @@ BEGIN
         action => 'mint',
         before_state => jsonb_build_object('issued', _issued.balance::numeric(21, 8)::text,
                                            'balance', _wallet.balance::numeric(21, 8)::text),
-        after_state => body || jsonb_build_object('issued', (_issued.balance + mint.amount)::numeric(21, 8)::text,
-                                                  'balance', (_wallet.balance + mint.amount)::numeric(21, 8)::text),
+        after_state => jsonb_build_object(
+            'mint_id', _id, 'status', 'completed', 'to_user_id', mint.to_user_id,
+            'amount', mint.amount::numeric(21, 8)::text, 'reason', mint.reason, 'created_at', ledger.rfc3339(_at),
+            'issued', (_issued.balance + mint.amount)::numeric(21, 8)::text,
+            'balance', (_wallet.balance + mint.amount)::numeric(21, 8)::text),
         idempotency_key => mint.idempotency_key, request_hash => _hash, response_body => body);
     status := 201;
     replayed := false;

@@ -8,7 +8,7 @@ CREATE OR REPLACE FUNCTION api.mint_batch(
     correlation_id text DEFAULT NULL,
     client_addr inet DEFAULT NULL,
     OUT status integer,
-    OUT body jsonb,
+    OUT body json,
     OUT replayed boolean
 )
 LANGUAGE plpgsql
@@ -26,7 +26,7 @@ DECLARE
     _ctx ledger.request_context;
     _posting ledger.posting_leg[];
     _accounts ledger.account_state[];
-    _items jsonb;
+    _items json;
     _total numeric;
     _id uuid;
     _at timestamptz;
@@ -73,7 +73,7 @@ BEGIN
           JOIN unnest(_locked) r ON r.user_id = l.user_id AND r.account_type = l.account_type
     )
     SELECT array_agg(p.leg ORDER BY p.n),
-           jsonb_agg(jsonb_build_object(
+           json_agg(json_build_object(
                'mint_id', (p.leg).journal_id, 'status', 'completed', 'to_user_id', (p.leg).credit_user,
                'amount', p.amount::numeric(21, 8)::text, 'reason', mint_batch.reason,
                'created_at', ledger.rfc3339(_at)) ORDER BY p.n),
@@ -82,15 +82,16 @@ BEGIN
               FROM unnest(_locked) a)
       INTO _posting, _items, _total, _accounts
       FROM posted p;
-    body := jsonb_build_object('batch_id', _id, 'amount', _total::numeric(21, 8)::text, 'reason', mint_batch.reason,
-                               'mints', _items, 'created_at', ledger.rfc3339(_at));
+    -- The body and its legs in the contract's order (json); the audit state is its jsonb.
+    body := json_build_object('batch_id', _id, 'amount', _total::numeric(21, 8)::text, 'reason', mint_batch.reason,
+                              'mints', _items, 'created_at', ledger.rfc3339(_at));
     _ctx := ROW(_c.api_key_id, _c.actor, mint_batch.request_user_id, mint_batch.correlation_id,
                 mint_batch.client_addr, _c.scope);
     status := ledger.post_journal(
         ctx => _ctx, at => _at, legs => _posting, accounts => _accounts,
         action => 'mint_batch', resource_type => 'mint_batch', resource_id => _id::text,
         before_state => jsonb_build_object('issued', _issued.balance::numeric(21, 8)::text),
-        after_state => body || jsonb_build_object('issued', (_issued.balance + _total)::numeric(21, 8)::text),
+        after_state => body::jsonb || jsonb_build_object('issued', (_issued.balance + _total)::numeric(21, 8)::text),
         idempotency_key => mint_batch.idempotency_key, operation => 'mint_batch', request_hash => _hash,
         response_status => 201, response_body => body);
     status := 201;

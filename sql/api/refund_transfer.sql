@@ -9,7 +9,7 @@ CREATE OR REPLACE FUNCTION api.refund_transfer(
     correlation_id text DEFAULT NULL,
     client_addr inet DEFAULT NULL,
     OUT status integer,
-    OUT body jsonb,
+    OUT body json,
     OUT replayed boolean
 )
 LANGUAGE plpgsql
@@ -118,7 +118,7 @@ BEGIN
 
     _id := ledger.uuid_v7();
     _at := clock_timestamp();
-    body := jsonb_build_object(
+    body := json_build_object(
         'refund_id', _id, 'status', 'completed', 'transfer_id', refund_transfer.transfer_id,
         'from_user_id', _t.receiver, 'to_user_id', _t.sender, 'amount', _amount::numeric(21, 8)::text,
         'reason', refund_transfer.reason, 'created_at', ledger.rfc3339(_at));
@@ -136,7 +136,7 @@ BEGIN
         before_state => jsonb_build_object('refunded_amount', _refunded::numeric(21, 8)::text,
                                            'from_balance', _debit.balance::numeric(21, 8)::text,
                                            'to_balance', _credit.balance::numeric(21, 8)::text),
-        after_state => body || jsonb_build_object(
+        after_state => body::jsonb || jsonb_build_object(
             'refunded_amount', (_refunded + _amount)::numeric(21, 8)::text,
             'from_balance', (_debit.balance - _amount)::numeric(21, 8)::text,
             'to_balance', (_credit.balance + _amount)::numeric(21, 8)::text),

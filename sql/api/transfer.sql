@@ -10,7 +10,7 @@ CREATE OR REPLACE FUNCTION api.transfer(
     correlation_id text DEFAULT NULL,
     client_addr inet DEFAULT NULL,
     OUT status integer,
-    OUT body jsonb,
+    OUT body json,
     OUT replayed boolean
 )
 LANGUAGE plpgsql
@@ -103,7 +103,9 @@ BEGIN
     -- stored response.
     _id := ledger.uuid_v7();
     _at := clock_timestamp();  -- after the locks, so that event times and versions agree per account
-    body := jsonb_build_object(
+    -- The body in the contract's order (json keeps it); the audit state is the same fields and
+    -- the balances as jsonb, built here rather than cast from the body's text.
+    body := json_build_object(
         'transfer_id', _id, 'status', 'completed', 'from_user_id', transfer.from_user_id,
         'to_user_id', transfer.to_user_id, 'amount', transfer.amount::numeric(21, 8)::text,
         'memo', transfer.memo, 'created_at', ledger.rfc3339(_at));
@@ -118,8 +120,11 @@ BEGIN
         action => 'transfer',
         before_state => jsonb_build_object('from_balance', _debit.balance::numeric(21, 8)::text,
                                            'to_balance', _credit.balance::numeric(21, 8)::text),
-        after_state => body || jsonb_build_object('from_balance', _debit_after::numeric(21, 8)::text,
-                                                  'to_balance', _credit_after::numeric(21, 8)::text),
+        after_state => jsonb_build_object(
+            'transfer_id', _id, 'status', 'completed', 'from_user_id', transfer.from_user_id,
+            'to_user_id', transfer.to_user_id, 'amount', transfer.amount::numeric(21, 8)::text,
+            'memo', transfer.memo, 'created_at', ledger.rfc3339(_at),
+            'from_balance', _debit_after::numeric(21, 8)::text, 'to_balance', _credit_after::numeric(21, 8)::text),
         idempotency_key => transfer.idempotency_key, request_hash => _hash, response_body => body);
     status := 201;
     replayed := false;

@@ -8,7 +8,7 @@ CREATE OR REPLACE FUNCTION api.transfer_batch(
     correlation_id text DEFAULT NULL,
     client_addr inet DEFAULT NULL,
     OUT status integer,
-    OUT body jsonb,
+    OUT body json,
     OUT replayed boolean
 )
 LANGUAGE plpgsql
@@ -26,7 +26,7 @@ DECLARE
     _ctx ledger.request_context;
     _posting ledger.posting_leg[];
     _accounts ledger.account_state[];
-    _items jsonb;
+    _items json;
     _total numeric;
     _id uuid;
     _at timestamptz;
@@ -79,7 +79,7 @@ BEGIN
           JOIN unnest(_locked) r ON r.user_id = l.user_id AND r.account_type = l.account_type
     )
     SELECT array_agg(p.leg ORDER BY p.n),
-           jsonb_agg(jsonb_build_object(
+           json_agg(json_build_object(
                'transfer_id', (p.leg).journal_id, 'status', 'completed', 'from_user_id', transfer_batch.from_user_id,
                'to_user_id', (p.leg).credit_user, 'amount', p.amount::numeric(21, 8)::text, 'memo', (p.leg).memo,
                'created_at', ledger.rfc3339(_at)) ORDER BY p.n),
@@ -88,16 +88,18 @@ BEGIN
               FROM unnest(_locked) a)
       INTO _posting, _items, _total, _accounts
       FROM posted p;
-    body := jsonb_build_object('batch_id', _id, 'from_user_id', transfer_batch.from_user_id,
-                               'amount', _total::numeric(21, 8)::text, 'transfers', _items,
-                               'created_at', ledger.rfc3339(_at));
+    -- The body and its legs in the contract's order (json); the audit state is its jsonb.
+    body := json_build_object('batch_id', _id, 'from_user_id', transfer_batch.from_user_id,
+                              'amount', _total::numeric(21, 8)::text, 'transfers', _items,
+                              'created_at', ledger.rfc3339(_at));
     _ctx := ROW(_c.api_key_id, _c.actor, transfer_batch.request_user_id, transfer_batch.correlation_id,
                 transfer_batch.client_addr, _c.scope);
     status := ledger.post_journal(
         ctx => _ctx, at => _at, legs => _posting, accounts => _accounts,
         action => 'transfer_batch', resource_type => 'transfer_batch', resource_id => _id::text,
         before_state => jsonb_build_object('from_balance', _debit.balance::numeric(21, 8)::text),
-        after_state => body || jsonb_build_object('from_balance', (_debit.balance - _total)::numeric(21, 8)::text),
+        after_state => body::jsonb
+                       || jsonb_build_object('from_balance', (_debit.balance - _total)::numeric(21, 8)::text),
         idempotency_key => transfer_batch.idempotency_key, operation => 'transfer_batch', request_hash => _hash,
         response_status => 201, response_body => body);
     status := 201;

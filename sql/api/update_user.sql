@@ -11,7 +11,7 @@ CREATE OR REPLACE FUNCTION api.update_user(
     correlation_id text DEFAULT NULL,
     client_addr inet DEFAULT NULL,
     OUT status integer,
-    OUT body jsonb,
+    OUT body json,
     OUT replayed boolean
 )
 LANGUAGE plpgsql
@@ -26,7 +26,7 @@ DECLARE
     _user ledger.users;
     _before jsonb;
     _changes jsonb;
-    _body jsonb;
+    _body json;
 BEGIN
     _ctx := ledger.authorize(update_user.api_key_hash, 'write', update_user.request_user_id,
                              update_user.correlation_id, update_user.client_addr);
@@ -59,7 +59,7 @@ BEGIN
     END IF;
     PERFORM ledger.check_user_unique(_user.id, update_user.username, update_user.email);
 
-    _before := ledger.user_json(_user.id);
+    _before := ledger.user_json(_user.id)::jsonb;
     -- An empty display_name clears it.
     _changes := jsonb_strip_nulls(jsonb_build_object(
         'username', update_user.username, 'email', update_user.email))
@@ -84,7 +84,7 @@ BEGIN
             _ctx.actor, _ctx.api_key_id, _ctx.request_user_id, _ctx.correlation_id);
 
     _body := ledger.user_json(_user.id);
-    PERFORM ledger.write_audit(_ctx, 'user.update', 'user', _user.id::text, _before, _body);
+    PERFORM ledger.write_audit(_ctx, 'user.update', 'user', _user.id::text, _before, _body::jsonb);
     PERFORM ledger.idempotency_store(_ctx, update_user.idempotency_key, 'update_user', _hash, 200, _body);
     status := 200;
     body := _body;

@@ -7,7 +7,7 @@ CREATE OR REPLACE FUNCTION api.void_hold(
     correlation_id text DEFAULT NULL,
     client_addr inet DEFAULT NULL,
     OUT status integer,
-    OUT body jsonb,
+    OUT body json,
     OUT replayed boolean
 )
 LANGUAGE plpgsql
@@ -75,12 +75,12 @@ BEGIN
                               -_hold.amount)]::ledger.account_state[],
         action => 'hold.void', resource_type => 'hold', resource_id => _hold.id::text,
         before_state => jsonb_build_object('status', 'pending', 'from_held', _debit.held::numeric(21, 8)::text),
-        after_state => body || jsonb_build_object(
+        after_state => ledger.hold_state(_hold) || jsonb_build_object(
             'from_held', (_debit.held - _hold.amount)::numeric(21, 8)::text),
         idempotency_key => void_hold.idempotency_key, operation => 'void_hold', request_hash => _hash,
         response_status => 200, response_body => body,
         extra_events => ARRAY[ROW('hold', _hold.id, _hold.version, 'HoldVoided', jsonb_build_object(
-            'released_amount', body->'amount'))]::ledger.extra_event[],
+            'released_amount', _hold.amount::numeric(21, 8)::text))]::ledger.extra_event[],
         hold => _hold);
     status := 200;
     replayed := false;

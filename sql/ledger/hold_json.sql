@@ -1,11 +1,12 @@
--- A hold as the api answers it. A pending hold past expires_at reads as expired: it can no
--- longer settle, even before maintenance releases what it reserves.
+-- A hold as the api answers it: json, in the order of the contract's Hold schema. A pending hold
+-- past expires_at reads as expired: it can no longer settle, even before maintenance releases
+-- what it reserves. ledger.hold_state is the same as jsonb, for audit states.
 CREATE OR REPLACE FUNCTION ledger.hold_json(h ledger.holds)
-RETURNS jsonb
+RETURNS json
 LANGUAGE sql
 STABLE
 AS $$
-    SELECT jsonb_build_object(
+    SELECT json_build_object(
         'hold_id', h.id,
         'status', CASE WHEN h.status = 'pending' AND h.expires_at <= now() THEN 'expired' ELSE h.status END,
         'from_user_id', h.from_user_id,

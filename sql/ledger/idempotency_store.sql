@@ -6,7 +6,7 @@ CREATE OR REPLACE FUNCTION ledger.idempotency_store(
     operation text,
     request_hash text,
     response_status integer,
-    response_body jsonb
+    response_body json
 )
 RETURNS void
 LANGUAGE plpgsql

@@ -13,7 +13,7 @@ CREATE OR REPLACE FUNCTION ledger.post_hold(
     after_state jsonb,
     idempotency_key uuid,
     request_hash text,
-    response_body jsonb
+    response_body json
 )
 RETURNS integer
 LANGUAGE plpgsql

@@ -29,7 +29,7 @@ CREATE OR REPLACE FUNCTION ledger.post_journal(
     operation text,
     request_hash text,
     response_status integer,
-    response_body jsonb,
+    response_body json,
     extra_events ledger.extra_event[] DEFAULT '{}',
     hold ledger.holds DEFAULT NULL
 )

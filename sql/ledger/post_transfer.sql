@@ -27,7 +27,7 @@ CREATE OR REPLACE FUNCTION ledger.post_transfer(
     after_state jsonb,
     idempotency_key uuid,
     request_hash text,
-    response_body jsonb
+    response_body json
 )
 RETURNS integer
 LANGUAGE plpgsql

@@ -1,10 +1,11 @@
--- A live user as the API shows it, with the wallet's balance and state.
+-- A live user as the API shows it, with the wallet's balance and state: json, in the order of
+-- the contract's User schema. An audit state takes it as jsonb (a cast: users are off the hot path).
 CREATE OR REPLACE FUNCTION ledger.user_json(user_id uuid)
-RETURNS jsonb
+RETURNS json
 LANGUAGE sql
 STABLE
 AS $$
-    SELECT jsonb_build_object(
+    SELECT json_build_object(
                'user_id', u.id,
                'username', u.username,
                'email', u.email,

@@ -124,7 +124,7 @@ SELECT is((SELECT count(*)::int FROM ledger.users WHERE NOT is_system), 4,
           'none of the refused creates left a user behind');
 
 -- ---------------------------------------------------------------- get_user
-SELECT is(api.get_user('a11ce000-0000-4000-8000-000000000001', (SELECT hash FROM k WHERE name = 'read')),
+SELECT is(api.get_user('a11ce000-0000-4000-8000-000000000001', (SELECT hash FROM k WHERE name = 'read'))::jsonb,
           (SELECT body FROM res WHERE name = 'create alice'),
           'get_user returns the user as create_user did');
 SELECT throws_ok($$SELECT api.get_user('deadbeef-0000-4000-8000-000000000000')$$,

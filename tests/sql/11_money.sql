@@ -3,7 +3,7 @@
 -- Accounting model (migrations/0002): wallets are credit-normal, mint_source is debit-normal, so a
 -- mint debits mint_source and credits the wallet, a burn does the reverse.
 BEGIN;
-SELECT plan(90);
+SELECT plan(92);
 
 CREATE TEMP TABLE k (name text PRIMARY KEY, id uuid, key text, hash text);
 INSERT INTO k
@@ -126,12 +126,19 @@ SELECT results_eq(
                || '{"from_balance": "70.25000000", "to_balance": "30.25000000"}'::jsonb$$,
     'a transfer is audited with both balances before and after');
 
--- The smallest unit and the longest memo.
-SELECT is((SELECT body ->> 'amount' FROM api.transfer('a11ce000-0000-4000-8000-000000000001',
-                                                     'b0b00000-0000-4000-8000-000000000002', 0.00000001,
-                                                     repeat('m', 500),
-                                                     request_user_id => 'a11ce000-0000-4000-8000-000000000001')),
+-- The smallest unit and the longest memo. The body as the function returns it (json, whose text the
+-- HTTP layer sends): its fields in the order of the contract's Transfer schema, the id first.
+CREATE TEMP TABLE smallest AS
+SELECT body FROM api.transfer('a11ce000-0000-4000-8000-000000000001', 'b0b00000-0000-4000-8000-000000000002',
+                              0.00000001, repeat('m', 500),
+                              request_user_id => 'a11ce000-0000-4000-8000-000000000001');
+SELECT is((SELECT body ->> 'amount' FROM smallest),
           '0.00000001', 'one hundred-millionth of an ATP can be sent, with a 500-character memo');
+SELECT ok((SELECT body::text LIKE '{"transfer_id"%' FROM smallest),
+          'the text of api.transfer''s body starts with {"transfer_id"');
+SELECT is((SELECT array_agg(x.key ORDER BY x.n) FROM smallest, json_object_keys(body) WITH ORDINALITY AS x(key, n)),
+          ARRAY['transfer_id', 'status', 'from_user_id', 'to_user_id', 'amount', 'memo', 'created_at'],
+          'api.transfer''s body holds the fields of a transfer in the contract''s order');
 SELECT results_eq(
     $$SELECT pg_temp.wallet('a11ce000-0000-4000-8000-000000000001')::text, pg_temp.wallet('b0b00000-0000-4000-8000-000000000002')::text$$,
     $$VALUES ('70.24999999', '30.25000001')$$,
@@ -244,7 +251,7 @@ INSERT INTO res SELECT 'freeze', * FROM api.freeze_wallet(
     'b0b00000-0000-4000-8000-000000000002', 'ticket 42', idempotency_key => gen_random_uuid(),
     api_key_hash => (SELECT hash FROM k WHERE name = 'admin'), correlation_id => 'corr-freeze');
 SELECT is(status, 200, 'freeze_wallet answers 200') FROM res WHERE name = 'freeze';
-SELECT is(body - 'updated_at', api.get_user('b0b00000-0000-4000-8000-000000000002') - 'updated_at',
+SELECT is(body - 'updated_at', api.get_user('b0b00000-0000-4000-8000-000000000002')::jsonb - 'updated_at',
           'freeze_wallet returns the user') FROM res WHERE name = 'freeze';
 SELECT is(body -> 'is_frozen', 'true'::jsonb, 'the user shows a frozen wallet') FROM res WHERE name = 'freeze';
 SELECT results_eq(
@@ -256,8 +263,8 @@ SELECT results_eq(
         FROM ledger.audit_log WHERE correlation_id = 'corr-freeze'$$,
     $$VALUES ('wallet.freeze', 'b0b00000-0000-4000-8000-000000000002', 'false'::jsonb, 'true'::jsonb, 'ticket 42')$$,
     'freezing is audited');
-SELECT is((SELECT body -> 'is_frozen' FROM api.freeze_wallet('b0b00000-0000-4000-8000-000000000002', 'again',
-                                                             correlation_id => 'corr-freeze-again')),
+SELECT is((SELECT body::jsonb -> 'is_frozen' FROM api.freeze_wallet('b0b00000-0000-4000-8000-000000000002', 'again',
+                                                                    correlation_id => 'corr-freeze-again')),
           'true'::jsonb, 'freezing a frozen wallet succeeds');
 SELECT is((SELECT count(*)::int FROM ledger.events WHERE correlation_id = 'corr-freeze-again')
           + (SELECT count(*)::int FROM ledger.audit_log WHERE correlation_id = 'corr-freeze-again'),
@@ -294,8 +301,8 @@ SELECT results_eq(
        WHERE e.correlation_id = 'corr-unfreeze'$$,
     $$VALUES ('AccountUnfrozen', '{"reason": "resolved"}'::jsonb, 'wallet.unfreeze')$$,
     'unfreezing appends AccountUnfrozen and is audited');
-SELECT is((SELECT body -> 'is_frozen' FROM api.unfreeze_wallet('b0b00000-0000-4000-8000-000000000002',
-                                                               correlation_id => 'corr-unfreeze-again')),
+SELECT is((SELECT body::jsonb -> 'is_frozen' FROM api.unfreeze_wallet('b0b00000-0000-4000-8000-000000000002',
+                                                                      correlation_id => 'corr-unfreeze-again')),
           'false'::jsonb, 'unfreezing a wallet that is not frozen succeeds');
 SELECT is((SELECT count(*)::int FROM ledger.events WHERE correlation_id = 'corr-unfreeze-again')
           + (SELECT count(*)::int FROM ledger.audit_log WHERE correlation_id = 'corr-unfreeze-again'),

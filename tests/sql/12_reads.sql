@@ -26,7 +26,7 @@ INSERT INTO res SELECT 'burn', * FROM api.burn('a11ce000-0000-4000-8000-00000000
 INSERT INTO cp VALUES ('alice', 5, clock_timestamp(), 65);
 
 -- ---------------------------------------------------------------- get_balance now
-SELECT is(api.get_balance('a11ce000-0000-4000-8000-000000000001', api_key_hash => (SELECT hash FROM k WHERE name = 'read'))
+SELECT is(api.get_balance('a11ce000-0000-4000-8000-000000000001', api_key_hash => (SELECT hash FROM k WHERE name = 'read'))::jsonb
               - 'updated_at',
           '{"user_id": "a11ce000-0000-4000-8000-000000000001", "username": "alice", "balance": "65.00000000",
             "available": "65.00000000", "held": "0.00000000", "is_frozen": false}'::jsonb,
@@ -46,7 +46,7 @@ SELECT results_eq(
        WHERE who = 'alice' ORDER BY n$$,
     $$SELECT n, balance::numeric(21, 8)::text FROM cp WHERE who = 'alice' ORDER BY n$$,
     'as_of gives the balance at each moment between movements');
-SELECT is(api.get_balance('a11ce000-0000-4000-8000-000000000001', as_of => (SELECT ts FROM cp WHERE who = 'alice' AND n = 3))
+SELECT is(api.get_balance('a11ce000-0000-4000-8000-000000000001', as_of => (SELECT ts FROM cp WHERE who = 'alice' AND n = 3))::jsonb
               - 'user_id' - 'username',
           jsonb_build_object('balance', '70.00000000',
                              'as_of', ledger.rfc3339((SELECT ts FROM cp WHERE who = 'alice' AND n = 3)),
@@ -101,7 +101,7 @@ UPDATE ledger.snapshots SET balance = balance - 1000 WHERE account_id = (SELECT 
 -- ---------------------------------------------------------------- get_history
 CREATE TEMP TABLE h AS
 SELECT n::int, i FROM jsonb_array_elements(api.get_history('a11ce000-0000-4000-8000-000000000001',
-                                                           api_key_hash => (SELECT hash FROM k WHERE name = 'read'))
+                                                           api_key_hash => (SELECT hash FROM k WHERE name = 'read'))::jsonb
                                            -> 'items') WITH ORDINALITY AS x(i, n);
 SELECT results_eq(
     $$SELECT i ->> 'kind', i ->> 'amount', i ->> 'counterparty', i ->> 'memo', i ->> 'balance_after' FROM h ORDER BY n$$,
@@ -117,20 +117,20 @@ SELECT results_eq(
       UNION ALL SELECT body ->> 'transfer_id', body ->> 'created_at' FROM res WHERE name = 'out'
       UNION ALL SELECT body ->> 'mint_id', body ->> 'created_at' FROM res WHERE name = 'mint'$$,
     'each item carries the id and time of its mint, transfer or burn');
-SELECT is(api.get_history('a11ce000-0000-4000-8000-000000000001') - 'items',
+SELECT is(api.get_history('a11ce000-0000-4000-8000-000000000001')::jsonb - 'items',
           '{"user_id": "a11ce000-0000-4000-8000-000000000001", "next_cursor": null}'::jsonb,
           'when everything fits on one page there is no next_cursor');
-SELECT is(api.get_history('a11ce000-0000-4000-8000-000000000001', "limit" => 4) -> 'next_cursor', 'null'::jsonb,
+SELECT is(api.get_history('a11ce000-0000-4000-8000-000000000001', "limit" => 4)::jsonb -> 'next_cursor', 'null'::jsonb,
           'a page that ends exactly at the last item has no next_cursor');
-SELECT is(jsonb_array_length(api.get_history('a11ce000-0000-4000-8000-000000000001', "limit" => 3) -> 'items'), 3,
+SELECT is(jsonb_array_length(api.get_history('a11ce000-0000-4000-8000-000000000001', "limit" => 3)::jsonb -> 'items'), 3,
           'limit caps the page');
 SELECT is(api.get_history('a11ce000-0000-4000-8000-000000000001',
-                          cursor => api.get_history('a11ce000-0000-4000-8000-000000000001', "limit" => 3) ->> 'next_cursor')
+                          cursor => api.get_history('a11ce000-0000-4000-8000-000000000001', "limit" => 3) ->> 'next_cursor')::jsonb
               -> 'items',
           jsonb_build_array((SELECT i FROM h WHERE n = 4)),
           'the next page holds the rest');
 SELECT is(api.get_history('b0b00000-0000-4000-8000-000000000002', "limit" => 1,
-                          cursor => api.get_history('b0b00000-0000-4000-8000-000000000002', "limit" => 1) ->> 'next_cursor'),
+                          cursor => api.get_history('b0b00000-0000-4000-8000-000000000002', "limit" => 1) ->> 'next_cursor')::jsonb,
           jsonb_build_object('user_id', 'b0b00000-0000-4000-8000-000000000002', 'next_cursor', NULL,
                              'items', jsonb_build_array(jsonb_build_object(
                                  'id', (SELECT body ->> 'transfer_id' FROM res WHERE name = 'out'),
@@ -191,13 +191,13 @@ SELECT throws_ok(format('SELECT api.get_history(%L, cursor => %L)', 'a11ce000-00
 SELECT throws_ok($$SELECT api.get_history('deadbeef-0000-4000-8000-000000000000')$$,
                  'L4041', NULL, 'get_history of an unknown user is user_not_found');
 SELECT * FROM api.create_user('e0000000-0000-4000-8000-000000000005', 'erin', 'erin@example.com') \g /dev/null
-SELECT is(api.get_history('e0000000-0000-4000-8000-000000000005'),
+SELECT is(api.get_history('e0000000-0000-4000-8000-000000000005')::jsonb,
           '{"user_id": "e0000000-0000-4000-8000-000000000005", "items": [], "next_cursor": null}'::jsonb,
           'a new user has an empty history');
 
 -- ---------------------------------------------------------------- get_transfer
 SELECT is(api.get_transfer((SELECT (body ->> 'transfer_id')::uuid FROM res WHERE name = 'out'),
-                           api_key_hash => (SELECT hash FROM k WHERE name = 'read')),
+                           api_key_hash => (SELECT hash FROM k WHERE name = 'read'))::jsonb,
           (SELECT body || '{"refunded_amount": "0.00000000"}' FROM res WHERE name = 'out'),
           'get_transfer returns the transfer as the transfer call did, with refunded_amount');
 SELECT throws_ok($$SELECT api.get_transfer('deadbeef-0000-4000-8000-000000000000')$$,

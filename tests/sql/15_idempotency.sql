@@ -1,7 +1,7 @@
 -- Idempotency: replays, conflicts, scoping per API key (or database role), expiry, and which
 -- outcomes are stored (successes only).
 BEGIN;
-SELECT plan(53);
+SELECT plan(55);
 
 CREATE TEMP TABLE k (name text PRIMARY KEY, id uuid, key text, hash text);
 INSERT INTO k
@@ -37,7 +37,7 @@ SELECT results_eq(
     $$VALUES (1::bigint, 1::bigint)$$,
     'the replay appended no event and no audit row');
 SELECT results_eq(
-    $$SELECT scope, operation, response_status, response_body = (SELECT body FROM res WHERE name = 'create 1')
+    $$SELECT scope, operation, response_status, response_body::jsonb = (SELECT body FROM res WHERE name = 'create 1')
         FROM ledger.idempotency_keys WHERE key = '1d000000-0000-4000-8000-000000000001'$$,
     $$SELECT (SELECT id::text FROM k WHERE name = 'write'), 'create_user'::text, 201, true$$,
     'the response is stored under the API key''s scope');
@@ -74,7 +74,7 @@ SELECT results_eq(
 
 -- A replay answers from the store: it does not run the request again, even if it would now fail.
 SELECT * FROM api.freeze_wallet('a11ce000-0000-4000-8000-000000000001') \g /dev/null
-SELECT is((SELECT body FROM api.transfer(
+SELECT is((SELECT body::jsonb FROM api.transfer(
               'a11ce000-0000-4000-8000-000000000001', 'b0b00000-0000-4000-8000-000000000002', 10, 'rent',
               idempotency_key => '1d000000-0000-4000-8000-000000000002',
               api_key_hash => (SELECT hash FROM k WHERE name = 'write'),
@@ -82,6 +82,20 @@ SELECT is((SELECT body FROM api.transfer(
           (SELECT body FROM res WHERE name = 'transfer 1'),
           'a replay returns the stored response even after the sender was frozen');
 SELECT * FROM api.unfreeze_wallet('a11ce000-0000-4000-8000-000000000001') \g /dev/null
+-- The stored response is the json text of the first answer, fields in the contract's order, and
+-- a replay answers that text as it is.
+SELECT ok((SELECT response_body::text LIKE '{"transfer_id" : %, "status" : "completed", "from_user_id" : %'
+             FROM ledger.idempotency_keys
+            WHERE key = '1d000000-0000-4000-8000-000000000002' AND scope = (SELECT id::text FROM k WHERE name = 'write')),
+          'the stored response keeps the order of the first answer''s fields');
+SELECT is((SELECT body::text FROM api.transfer(
+              'a11ce000-0000-4000-8000-000000000001', 'b0b00000-0000-4000-8000-000000000002', 10, 'rent',
+              idempotency_key => '1d000000-0000-4000-8000-000000000002',
+              api_key_hash => (SELECT hash FROM k WHERE name = 'write'),
+              request_user_id => 'a11ce000-0000-4000-8000-000000000001')),
+          (SELECT response_body::text FROM ledger.idempotency_keys
+            WHERE key = '1d000000-0000-4000-8000-000000000002' AND scope = (SELECT id::text FROM k WHERE name = 'write')),
+          'a replay answers the stored text, byte for byte');
 SELECT throws_ok($$SELECT * FROM api.transfer('a11ce000-0000-4000-8000-000000000001', 'b0b00000-0000-4000-8000-000000000002',
                                               11, 'rent', idempotency_key => '1d000000-0000-4000-8000-000000000002',
                                               api_key_hash => (SELECT hash FROM k WHERE name = 'write'),

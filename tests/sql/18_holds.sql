@@ -2,7 +2,7 @@
 -- reserve (transfer, burn and another hold are checked against it), their events, journal lines and
 -- audit rows, every error, idempotency, delete_user's refusal, verify and rebuild of held.
 BEGIN;
-SELECT plan(88);
+SELECT plan(91);
 
 CREATE TEMP TABLE k (name text PRIMARY KEY, id uuid, key text, hash text);
 INSERT INTO k
@@ -17,7 +17,7 @@ SELECT * FROM api.create_user('ca201000-0000-4000-8000-000000000003', 'carol', '
 SELECT * FROM api.mint('a11ce000-0000-4000-8000-000000000001', 100) \g /dev/null
 
 CREATE FUNCTION pg_temp.bal(u uuid) RETURNS jsonb LANGUAGE sql AS $$
-    SELECT api.get_balance(u) - 'user_id' - 'username' - 'updated_at' - 'is_frozen'
+    SELECT api.get_balance(u)::jsonb - 'user_id' - 'username' - 'updated_at' - 'is_frozen'
 $$;
 
 -- ---------------------------------------------------------------- create_hold
@@ -42,7 +42,7 @@ SELECT is(pg_temp.bal('b0b00000-0000-4000-8000-000000000002'),
           '{"balance": "0.00000000", "available": "0.00000000", "held": "0.00000000"}'::jsonb,
           'the receiver gets nothing yet');
 SELECT is(api.get_hold((SELECT (body ->> 'hold_id')::uuid FROM res WHERE name = 'h1'),
-                       (SELECT hash FROM k WHERE name = 'read')),
+                       (SELECT hash FROM k WHERE name = 'read'))::jsonb,
           (SELECT body FROM res WHERE name = 'h1'), 'get_hold answers the hold as create_hold did');
 SELECT results_eq(
     $$SELECT aggregate_type, version, event_type, data ->> 'amount', correlation_id FROM ledger.events
@@ -55,6 +55,10 @@ SELECT results_eq(
     $$SELECT action, resource_type, after_state ->> 'from_held', row_hash IS NOT NULL FROM ledger.audit_log
        WHERE resource_id = (SELECT body ->> 'hold_id' FROM res WHERE name = 'h1')$$,
     $$VALUES ('hold.create', 'hold', '30.00000000', true)$$, 'and an audit row with its hash');
+SELECT is((SELECT after_state FROM ledger.audit_log
+            WHERE resource_id = (SELECT body ->> 'hold_id' FROM res WHERE name = 'h1')),
+          (SELECT body || '{"from_held": "30.00000000"}'::jsonb FROM res WHERE name = 'h1'),
+          'whose after state is the hold as answered, with what the sender holds');
 
 -- ---------------------------------------------------------------- idempotency
 INSERT INTO res SELECT 'h1-again', * FROM api.create_hold(
@@ -166,13 +170,13 @@ SELECT is(pg_temp.bal('a11ce000-0000-4000-8000-000000000001'),
           '{"balance": "80.00000000", "available": "79.00000000", "held": "1.00000000"}'::jsonb,
           'the sender paid 20 and got the other 10 back (1 is still held by the 30-day hold)');
 SELECT is(pg_temp.bal('b0b00000-0000-4000-8000-000000000002') ->> 'balance', '20.00000000', 'the receiver got 20');
-SELECT is(api.get_transfer((SELECT id FROM t)) - 'created_at' - 'refunded_amount',  -- refunds add it
+SELECT is(api.get_transfer((SELECT id FROM t))::jsonb - 'created_at' - 'refunded_amount',  -- refunds add it
           jsonb_build_object('transfer_id', (SELECT id FROM t), 'status', 'completed',
                              'from_user_id', 'a11ce000-0000-4000-8000-000000000001',
                              'to_user_id', 'b0b00000-0000-4000-8000-000000000002',
                              'amount', '20.00000000', 'memo', 'order 17'),
           'get_transfer finds the capture''s transfer');
-SELECT is((api.get_history('a11ce000-0000-4000-8000-000000000001', 1) -> 'items' -> 0) - 'created_at',
+SELECT is((api.get_history('a11ce000-0000-4000-8000-000000000001', 1)::jsonb -> 'items' -> 0) - 'created_at',
           jsonb_build_object('id', (SELECT id FROM t), 'kind', 'transfer_out', 'amount', '20.00000000',
                              'counterparty', 'b0b00000-0000-4000-8000-000000000002', 'memo', 'order 17',
                              'balance_after', '80.00000000', 'hold_id', (SELECT id FROM h)),
@@ -233,7 +237,7 @@ SELECT is((SELECT count(*)::int FROM ledger.events WHERE aggregate_id = (SELECT 
           1, 'the void is an event of the hold');
 SELECT is((SELECT count(*)::int FROM ledger.audit_log WHERE action = 'hold.void' AND resource_id = (SELECT id::text FROM h2)),
           1, 'and has its audit row');
-SELECT is((SELECT (s.body, s.replayed) FROM api.void_hold((SELECT id FROM h2),
+SELECT is((SELECT (s.body::jsonb, s.replayed) FROM api.void_hold((SELECT id FROM h2),
               idempotency_key => '40000000-0000-4000-8000-000000000003',
               request_user_id => 'b0b00000-0000-4000-8000-000000000002') s),
           (SELECT (body, true) FROM res WHERE name = 'void'), 'a repeated void replays its answer');
@@ -273,7 +277,7 @@ RESET ROLE;
 SELECT is(pg_temp.bal('a11ce000-0000-4000-8000-000000000001'),
           '{"balance": "80.00000000", "available": "79.00000000", "held": "1.00000000"}'::jsonb,
           'and releases what it reserved');
-SELECT is(api.get_hold((SELECT id FROM h3)) - 'hold_id' - 'expires_at' - 'created_at' - 'settled_at',
+SELECT is(api.get_hold((SELECT id FROM h3))::jsonb - 'hold_id' - 'expires_at' - 'created_at' - 'settled_at',
           '{"status": "expired", "from_user_id": "a11ce000-0000-4000-8000-000000000001",
             "to_user_id": "ca201000-0000-4000-8000-000000000003", "amount": "9.00000000",
             "captured_amount": "0.00000000", "memo": null, "transfer_id": null, "version": 2}'::jsonb,
@@ -290,8 +294,13 @@ SELECT throws_ok($$SELECT * FROM api.delete_user('a11ce000-0000-4000-8000-000000
 -- ---------------------------------------------------------------- get_hold
 SELECT throws_ok($$SELECT api.get_hold('deadbeef-0000-4000-8000-000000000000')$$, 'L4042', NULL,
                  'an unknown hold is not_found');
-SELECT is(api.get_hold((SELECT id FROM h)), (SELECT body FROM res WHERE name = 'cap'),
+SELECT is(api.get_hold((SELECT id FROM h))::jsonb, (SELECT body FROM res WHERE name = 'cap'),
           'get_hold answers a captured hold as the capture did');
+-- The body (json, in the contract's order) and the audit states' jsonb are built apart: they agree.
+SELECT is((SELECT array_agg(DISTINCT h.status ORDER BY h.status) FROM ledger.holds h),
+          ARRAY['captured', 'expired', 'pending', 'voided'], 'setup: holds in every state');
+SELECT is((SELECT count(*)::int FROM ledger.holds h WHERE ledger.hold_state(h) IS DISTINCT FROM ledger.hold_json(h)::jsonb),
+          0, 'ledger.hold_state holds the fields and values of ledger.hold_json');
 
 -- ---------------------------------------------------------------- verify and rebuild held
 SELECT is(api.verify_projections() ->> 'ok', 'true', 'the books verify with holds');

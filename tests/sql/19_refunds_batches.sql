@@ -1,7 +1,7 @@
 -- Refunds and batches: api.refund_transfer, api.transfer_batch, api.mint_batch; every error,
 -- the failing leg's index in DETAIL, the lines, events, audit rows and idempotent replays.
 BEGIN;
-SELECT plan(45);
+SELECT plan(47);
 
 CREATE TEMP TABLE k (name text PRIMARY KEY, hash text);
 INSERT INTO k
@@ -42,7 +42,10 @@ SELECT is((SELECT count(*) FROM ledger.audit_log WHERE resource_id = body ->> 'b
           'one audit row per batch') FROM res WHERE name = 'mints';
 SELECT is((SELECT count(*) FROM ledger.events WHERE data ->> 'batch_id' = body ->> 'batch_id'), 4::bigint,
           'two events per leg carry the batch id') FROM res WHERE name = 'mints';
-SELECT is((SELECT body FROM api.mint_batch(
+SELECT is((SELECT after_state FROM ledger.audit_log WHERE resource_id = body ->> 'batch_id'),
+          body || '{"issued": "105.00000000"}'::jsonb, 'the audit row holds the answer and what is issued')
+  FROM res WHERE name = 'mints';
+SELECT is((SELECT body::jsonb FROM api.mint_batch(
     '[{"to_user_id": "a11ce000-0000-4000-8000-000000000001", "amount": "100"},
       {"to_user_id": "b0b00000-0000-4000-8000-000000000002", "amount": 5}]', 'airdrop',
     idempotency_key => '11111111-1111-4111-8111-111111111111', api_key_hash => (SELECT hash FROM k WHERE name = 'admin'))),
@@ -82,7 +85,10 @@ SELECT is(api.get_transfer((body -> 'transfers' -> 1 ->> 'transfer_id')::uuid) -
           '00000000-0000-0000-0000-000000000002', 'each leg is a transfer of its own') FROM res WHERE name = 'batch';
 SELECT is((SELECT count(*) FROM ledger.audit_log WHERE resource_id = body ->> 'batch_id' AND correlation_id = 'corr-batch'),
           1::bigint, 'one audit row for the batch') FROM res WHERE name = 'batch';
-SELECT is((SELECT body FROM api.transfer_batch('a11ce000-0000-4000-8000-000000000001',
+SELECT is((SELECT after_state FROM ledger.audit_log WHERE resource_id = body ->> 'batch_id'),
+          body || '{"from_balance": "60.00000000"}'::jsonb, 'which holds every leg and the sender''s balance')
+  FROM res WHERE name = 'batch';
+SELECT is((SELECT body::jsonb FROM api.transfer_batch('a11ce000-0000-4000-8000-000000000001',
     '[{"to_user_id": "b0b00000-0000-4000-8000-000000000002", "amount": "30", "memo": "item"},
       {"to_user_id": "00000000-0000-0000-0000-000000000002", "amount": "2", "memo": "fee"},
       {"to_user_id": "b0b00000-0000-4000-8000-000000000002", "amount": "8"}]',
@@ -142,7 +148,7 @@ SELECT is(api.get_transfer((body ->> 'transfer_id')::uuid) ->> 'refunded_amount'
           'get_transfer shows refunded_amount') FROM res WHERE name = 'refund';
 SELECT is(api.get_history('a11ce000-0000-4000-8000-000000000001', 1) -> 'items' -> 0 ->> 'transfer_id',
           (SELECT body ->> 'transfer_id' FROM res WHERE name = 'refund'), 'the history item names the transfer');
-SELECT is((SELECT body FROM api.refund_transfer((SELECT (body ->> 'transfer_id')::uuid FROM res WHERE name = 'refund'),
+SELECT is((SELECT body::jsonb FROM api.refund_transfer((SELECT (body ->> 'transfer_id')::uuid FROM res WHERE name = 'refund'),
     10, 'damaged', idempotency_key => '33333333-3333-4333-8333-333333333333',
     api_key_hash => (SELECT hash FROM k WHERE name = 'write'), request_user_id => 'b0b00000-0000-4000-8000-000000000002')),
     (SELECT body FROM res WHERE name = 'refund'), 'a replayed refund returns the same body');

@@ -80,8 +80,8 @@ INSERT INTO idem
 SELECT 2, * FROM api.mint(current_setting('tap.a')::uuid, 7, 'once', idempotency_key => current_setting('tap.k')::uuid);
 SELECT is((SELECT replayed FROM idem WHERE n = 1), false, 'the first call with the key executes');
 SELECT is((SELECT replayed FROM idem WHERE n = 2), true, 'the second call with the key is a replay');
-SELECT is((SELECT body FROM idem WHERE n = 2), (SELECT body FROM idem WHERE n = 1),
-          'the replay returns the first response');
+SELECT is((SELECT body::text FROM idem WHERE n = 2), (SELECT body::text FROM idem WHERE n = 1),
+          'the replay returns the first response, as the same text');
 SELECT is((SELECT count(*)::int FROM ledger.events WHERE data ->> 'journal_id' = (SELECT body ->> 'mint_id' FROM idem WHERE n = 1)),
           2, 'one set of events (one debit, one credit) for the key');
 SELECT is((SELECT count(*)::int FROM ledger.events WHERE data ->> 'memo' = 'once'),
