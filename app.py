@@ -113,7 +113,10 @@ def error_response(
     headers: Mapping[str, str] | None = None,
     fields: Mapping[str, Any] | None = None,
 ) -> Response:
-    body = json.dumps({**(fields or {}), "error": error, "message": message}, ensure_ascii=False)
+    # The Error schema's order: error and message first, then the fields (index, retry_after).
+    content: dict[str, Any] = {"error": error, "message": message}
+    content |= {key: value for key, value in (fields or {}).items() if key not in content}
+    body = json.dumps(content, ensure_ascii=False)
     return Response(body, status, headers=dict(headers or {}), media_type=JSON)
 
 
