@@ -23,18 +23,21 @@ DECLARE
 BEGIN
     PERFORM ledger.authorize(verify_projections.api_key_hash, 'read', verify_projections.request_user_id,
                              verify_projections.correlation_id, verify_projections.client_addr);
-    -- Projection against replay, account by account (a missing row on either side counts).
+    -- Projection against replay, account by account (a missing row on either side counts), the
+    -- normal side against the account type's (no CHECK guards balances.normal_side).
     SELECT COALESCE(jsonb_agg(jsonb_build_object(
                'account_id', COALESCE(b.account_id, r.account_id),
                'projected', CASE WHEN b.account_id IS NOT NULL THEN jsonb_build_object(
-                   'balance', b.balance, 'is_frozen', b.is_frozen, 'is_closed', b.is_closed, 'version', b.version) END,
+                   'balance', b.balance, 'is_frozen', b.is_frozen, 'is_closed', b.is_closed, 'version', b.version,
+                   'normal_side', b.normal_side) END,
                'replayed', CASE WHEN r.account_id IS NOT NULL THEN jsonb_build_object(
-                   'balance', r.balance, 'is_frozen', r.is_frozen, 'is_closed', r.is_closed, 'version', r.version) END)), '[]')
+                   'balance', r.balance, 'is_frozen', r.is_frozen, 'is_closed', r.is_closed, 'version', r.version,
+                   'normal_side', r.normal_side) END)), '[]')
       INTO _mismatches
       FROM ledger.balances b
       FULL JOIN ledger.replay_accounts() r ON r.account_id = b.account_id
-     WHERE (b.balance, b.is_frozen, b.is_closed, b.version)
-           IS DISTINCT FROM (r.balance, r.is_frozen, r.is_closed, r.version);
+     WHERE (b.balance, b.is_frozen, b.is_closed, b.version, b.normal_side)
+           IS DISTINCT FROM (r.balance, r.is_frozen, r.is_closed, r.version, r.normal_side);
 
     -- Versions 1..n with no gap and no duplicate.
     SELECT COALESCE(jsonb_agg(jsonb_build_object('account_id', r.account_id, 'events', r.event_count,

@@ -4,7 +4,7 @@
 --   3. the projection equals the replay (verify, rebuild)    versions move by exactly one
 --   2. no balance below 0 or above 10^12                  1. every journal balances
 BEGIN;
-SELECT plan(51);
+SELECT plan(53);
 SELECT tap_share();
 
 SELECT set_config('tap.a', '0190aaaa-0000-7000-8000-00000000000a', true) IS NOT NULL AS _,
@@ -146,6 +146,21 @@ SELECT is(ARRAY(SELECT g ->> 'account_id' FROM jsonb_array_elements(api.verify_p
 SELECT is(api.verify_projections() ->> 'ok', 'false', 'and the books do not verify');
 ROLLBACK TO SAVEPOINT attack;
 SELECT is(api.verify_projections() ->> 'ok', 'true', 'without the attacks the books verify again');
+-- No CHECK guards a balances row's version or normal side (their writers set them by
+-- construction): the owner writing around the functions is found all the same.
+SAVEPOINT attack;
+SET LOCAL ROLE atp_owner;
+UPDATE ledger.balances SET version = 0 WHERE account_id = current_setting('tap.wa')::uuid;
+RESET ROLE;
+SELECT is(ARRAY(SELECT m ->> 'account_id' FROM jsonb_array_elements(api.verify_projections() -> 'projection_mismatches') m),
+          ARRAY[current_setting('tap.wa')], 'a balances version set to 0 by the owner is found');
+ROLLBACK TO SAVEPOINT attack;
+SET LOCAL ROLE atp_owner;
+UPDATE ledger.balances SET normal_side = 'debit' WHERE account_id = current_setting('tap.wa')::uuid;
+RESET ROLE;
+SELECT is(ARRAY(SELECT m -> 'projected' ->> 'normal_side' FROM jsonb_array_elements(api.verify_projections() -> 'projection_mismatches') m),
+          ARRAY['debit'], 'a wallet whose normal side the owner turned to debit is found');
+ROLLBACK TO SAVEPOINT attack;
 -- The tables are the owner's alone: neither the app nor a DBA can write an event at all.
 SET LOCAL ROLE atp_app;
 SELECT throws_ok($$INSERT INTO ledger.events (aggregate_type, aggregate_id, version, event_type, data, actor)
