@@ -126,13 +126,11 @@ def test_make_run_embedded(checkout: Path) -> None:
         assert len(keys) == 1, run.text()  # the admin key, printed once on first start
         created = create_user(run.url, keys[0])
         assert created.status_code == 201, created.text
-        # Keep-alive requests to the workers answer at once (TCP_NODELAY: no 40 ms Nagle wait).
+        # Keep-alive requests to the workers (that they answer without a Nagle wait is
+        # tests/test_serving.py's to show, without a clock).
         with httpx.Client(base_url=run.url) as client:
-            client.get("/healthz")
-            started = time.perf_counter()
             for _ in range(20):
                 assert client.get("/healthz").status_code == 200
-            assert (time.perf_counter() - started) / 20 < 0.02
 
         port = int((checkout / ".pgdata" / "port").read_text())
         passfile = str(checkout / ".pgdata" / "pgpass")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -132,14 +131,13 @@ def test_a_batch_whose_last_leg_fails_leaves_nothing(dba, app_url, make_key):
     verify_projections(dba)
 
 
-def test_a_thousand_leg_mint_is_fast(dba, make_key):
+def test_a_thousand_leg_mint_posts_every_leg(dba, make_key):
+    # How long it takes is the bench's to say (bench/README.md, "Batches against single
+    # transfers"); a timing assertion here would be a flaky test on a shared machine.
     users = make_users(dba, 50, "airdrop")
     legs = [{"to_user_id": str(users[i % 50]), "amount": "1.00000001"} for i in range(1000)]
-    started = time.perf_counter()
     minted = call(dba, "mint_batch", mints=Jsonb(legs), reason="airdrop",
                   idempotency_key=uuid.uuid4())  # fmt: skip
-    elapsed = time.perf_counter() - started
     assert minted.ok and minted.body is not None and len(minted.body["mints"]) == 1000, minted
-    assert elapsed < 1.0, elapsed
     assert sum(wallets(dba, users).values()) == Decimal("1000.00001")
     verify_projections(dba)
