@@ -2,7 +2,7 @@
 
 A cluster prepared by bench/bench.py (migrated, 10,000 users, the API key), then pgbench, in
 interleaved rounds: the baseline, api.transfer, and copies of api.transfer whose
-ledger.post_journal writes a smaller record (the options for the data model: journal lines as
+ledger.post_transfer writes a smaller record (the options for the data model: journal lines as
 the account event stream, an audit row slimmed to what the journal does not hold). CPU: the
 postmaster and its exited backends, per transaction; autovacuum and timed
 checkpoints off, synchronous_commit off unless BENCH_ABLATION_DURABLE=1. Writes
@@ -29,19 +29,21 @@ import bench as harness
 
 SQL = harness.ROOT / "sql"
 WORK = harness.OUT / "ablation"
+# The posting function of transfer, mint and burn, which api.transfer calls once.
+POSTING = "post_transfer"
 # The parts of the write that a variant changes: cuts of the SQL text of a copy of
-# ledger.post_journal (which api.transfer's copy then calls), applied before renaming:
+# ledger.post_transfer (which api.transfer's copy then calls), applied before renaming:
 # (regex, replacement, how many matches it must have).
 JOURNAL_CUTS: dict[str, list[tuple[str, str, int]]] = {
-    "idempotency": [(r"WHERE post_journal\.idempotency_key IS NOT NULL", "WHERE false", 1)],
+    "idempotency": [(rf"WHERE {POSTING}\.idempotency_key IS NOT NULL", "WHERE false", 1)],
     "audit": [(r"\), audited AS \(.*?AS tx_id\) r\s*\)", ")", 1)],
     # The audit row keeps who, when, what and which journal; the before and after states, which
     # the journal lines (balance_after) and the stored response already hold, go.
-    "slim_audit": [(r"post_journal\.(before|after)_state", "NULL::jsonb", 4)],
+    "slim_audit": [(rf"{POSTING}\.(before|after)_state", "NULL::jsonb", 4)],
     # Journal lines as the account event stream: no AccountDebited/AccountCredited row per line
     # (the line would carry the version and the event's columns; here it is measured as it is).
     "journal_events": [
-        (r"FROM moved m\n        UNION ALL", "FROM moved m WHERE false\n        UNION ALL", 1)
+        (r"FROM line l\n    \), journal AS \(", "FROM line l WHERE false\n    ), journal AS (", 1)
     ],
 }
 # Each variant: the parts it changes. The first two are the options for the data model that the
@@ -95,15 +97,15 @@ def function_sql(path: Path, old: str, new: str, cuts: list[tuple[str, str, int]
 
 
 def variant_sql(name: str) -> list[str]:
-    journal = f"ablation_post_journal_{name}"
+    journal = f"ablation_{POSTING}_{name}"
     cuts = [cut for part in VARIANTS[name] for cut in JOURNAL_CUTS[part]]
     return [
-        function_sql(SQL / "ledger" / "post_journal.sql", "post_journal", journal, cuts),
+        function_sql(SQL / "ledger" / f"{POSTING}.sql", POSTING, journal, cuts),
         function_sql(
             SQL / "api" / "transfer.sql",
             "transfer",
             f"ablation_{name}",
-            [(r"ledger\.post_journal\(", f"ledger.{journal}(", 1)],
+            [(rf"ledger\.{POSTING}\(", f"ledger.{journal}(", 1)],
         ),
         f"GRANT EXECUTE ON FUNCTION api.ablation_{name} TO atp_app",
     ]
