@@ -1135,6 +1135,21 @@ class Bench:
             h = r["http_transfer_hot"]
             check("hot account p99 < 100 ms", h.p99_ms < 100, f"{h.p99_ms:.1f} ms")
         check_ratio("balance reads >= 2x transfers (HTTP)", "http_balance", "http_transfer", 2.0)
+        check_ratio("GET /users/{id}/balance >= 0.6 of baseline", "http_balance", "baseline", 0.6)
+        for run, most in (("http_transfer", 0.35), ("http_balance", 0.25)):
+            ms = r[run].cpu_ms_per_request("server") if run in r else None
+            text = "-" if ms is None else f"{ms:.2f} ms"
+            check(f"server CPU per request of {run} <= {most} ms",
+                  None if ms is None else ms <= most, text)  # fmt: skip
+        over_http, under_pgbench = (
+            r[run].cpu_ms_per_request("postgres") if run in r else None
+            for run in ("http_transfer", "db_transfer")
+        )
+        if over_http and under_pgbench:
+            grow = over_http / under_pgbench
+            text = f"{over_http:.2f} vs {under_pgbench:.2f} ms ({grow - 1:+.0%})"
+            check("PostgreSQL CPU per transfer over HTTP within 10% of pgbench",
+                  abs(grow - 1) <= 0.1, text)  # fmt: skip
         for large, fresh in (("http_transfer_large", "http_transfer"),
                              ("http_history_large", "http_history")):  # fmt: skip
             if large in r and fresh in r and r[fresh].p99_ms:
