@@ -7,7 +7,9 @@
 --   account type's side, and never updated; api.verify_projections compares it with the type.
 -- - balances.version is the account's last event version, which starts at 1 and grows by one;
 --   api.verify_projections recomputes it from the events.
--- - audit_log.id is GENERATED ALWAYS AS IDENTITY, which starts at 1 and only grows.
+-- - audit_log.id is GENERATED ALWAYS AS IDENTITY, which starts at 1 and only grows; a row the
+--   owner forges at or below (tx 0, id 0) lies outside every seal, and api.verify_audit_chain
+--   reports it.
 -- The CHECKs that guard money stay: 0 <= balance <= 10^12 and 0 <= held <= balance.
 SET LOCAL ROLE atp_owner;
 
