@@ -1,7 +1,7 @@
 -- depends: 0008.json-bodies
 -- Three CHECK constraints that their writers guarantee by construction go, as 0007's did: every
 -- UPDATE of balances and every INSERT into audit_log reads and prepares its table's CHECKs
--- again, and measured on api.transfer these three cost about 4% of its PostgreSQL CPU
+-- again, and measured on api.transfer these three cost 2.5% of its PostgreSQL CPU
 -- (bench/README.md, "Sixth pass"). What they said still holds:
 -- - balances.normal_side is written once, by the function that opens the account, from the
 --   account type's side, and never updated; api.verify_projections compares it with the type.
