@@ -360,7 +360,12 @@ def context_arguments(request: Request) -> dict[str, str | None]:
 
 
 def client_address(request: Request) -> str | None:
-    host = request.client.host if request.client else ""
+    return inet_text(request.client.host if request.client else "")
+
+
+@functools.lru_cache(maxsize=1024)
+def inet_text(host: str) -> str | None:
+    """The client's address as PostgreSQL's inet parses it, or None (a Unix socket's peer)."""
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:
@@ -426,14 +431,18 @@ class DeadConnectionError(Exception):
 
 
 async def execute_once(state: AppState, statement: bytes, args: Mapping[str, Any]) -> Any:
-    async with state.pool.connection() as conn:
-        try:
-            cur = await conn.execute(statement, args)
-        except psycopg.OperationalError as exc:
-            if conn.broken:
-                raise DeadConnectionError from exc
-            raise
+    # getconn/putconn rather than pool.connection(): the connections are in autocommit, and the
+    # context manager's commit on exit cost 5% of a balance read's server CPU (bench/README.md).
+    conn = await state.pool.getconn()
+    try:
+        cur = await conn.execute(statement, args)
         row = await cur.fetchone()
+    except psycopg.OperationalError as exc:
+        if conn.broken:
+            raise DeadConnectionError from exc
+        raise
+    finally:
+        await state.pool.putconn(conn)
     if row is None:
         raise RuntimeError(f"{statement!r} returned no row")
     return row

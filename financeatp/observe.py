@@ -8,6 +8,7 @@ import json
 import logging
 import logging.config
 import os
+import random
 import re
 import time
 import uuid
@@ -51,10 +52,20 @@ def mask_key(key: str) -> str:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; anything shaped like an API key is cut to its prefix."""
 
+    second = -1
+    second_text = ""
+
+    def timestamp(self, record: logging.LogRecord) -> str:
+        # strftime once a second, not once a line: a log line is written for every request.
+        second = int(record.created)
+        if second != self.second:
+            self.second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self.second = second
+        return f"{self.second_text}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self.timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -194,6 +205,14 @@ class KeyNames:
 
 # --- the middleware ------------------------------------------------------------------------
 
+
+def new_correlation_id() -> str:
+    """A random UUID (version 4) for a request that brought no X-Correlation-Id. It only has to
+    be unique, not secret: Python's generator, seeded from the OS per process, instead of an
+    os.urandom call per request (uuid.uuid4, 2% of a balance read's server CPU)."""
+    bits = random.getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48)
+    return str(uuid.UUID(int=bits | (0x4000 << 64) | (0x8000 << 48)))
+
 ErrorResponse = Callable[[int, str, str], Response]
 KeyName = Callable[[dict[str, Any], int], Awaitable[str | None]]
 
@@ -216,7 +235,7 @@ class RequestContext:
         headers = Headers(scope=scope)
         state = scope.setdefault("state", {})
         given = headers.get("x-correlation-id") or ""
-        correlation_id = given if 0 < len(given) <= MAX_CORRELATION_ID else str(uuid.uuid4())
+        correlation_id = given if 0 < len(given) <= MAX_CORRELATION_ID else new_correlation_id()
         key = headers.get("x-api-key") or ""
         state.update(
             correlation_id=correlation_id,
