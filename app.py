@@ -321,6 +321,8 @@ def body_arguments(op: Operation, body: Mapping[str, Any]) -> dict[str, str | No
 
 
 def query_arguments(op: Operation, request: Request) -> dict[str, str]:
+    if not request.scope.get("query_string"):
+        return {}
     allowed = {field.name: field for field in op.query}
     given = request.query_params.multi_items()
     args: dict[str, str] = {}
@@ -341,7 +343,9 @@ def request_hash(request: Request, body: Mapping[str, Any], acting_user: str | N
     """The same method, path, parsed body and acting user make the same request, whatever the
     JSON's spacing or key order; stored with the idempotency key to tell replays from conflicts."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    text = "\n".join((request.method, request.url.path, canonical, acting_user or ""))
+    # The path as request.url.path gives it, without building the URL (its ids are checked UUIDs).
+    path = request.scope.get("root_path", "") + request.scope["path"]
+    text = "\n".join((request.method, path, canonical, acting_user or ""))
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
