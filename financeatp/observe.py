@@ -83,8 +83,8 @@ class AccessLog:
     """The access log: one line per request on standard output, in the shape JsonFormatter gives
     every other line (ts, level, logger, message, then the request's fields), keys masked the
     same way. Written here rather than through a LogRecord, a handler and the formatter: those
-    layers cost 10% of a balance read's server CPU (bench/README.md, "Sixth pass"). LOG_LEVEL
-    above INFO silences it, as it silences the logger it is named after."""
+    layers cost 10% of the application's CPU for a balance read (bench/README.md, "Sixth pass").
+    LOG_LEVEL above INFO silences it, as it silences the logger it is named after."""
 
     name = "financeatp.access"
 
