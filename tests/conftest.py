@@ -90,6 +90,17 @@ def cluster() -> Iterator[Cluster]:
         yield pg
 
 
+@pytest.fixture(scope="module")
+def api(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory):
+    """The real server (`python app.py serve`) on a new database, one per test module, with the
+    maintenance job off (it would only add noise). An http_fixtures.Api."""
+    from http_fixtures import serve_fresh_database  # it imports this module
+
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    with serve_fresh_database(cluster, log_path, MAINTENANCE_INTERVAL="0") as api:
+        yield api
+
+
 @pytest.fixture
 def database(cluster: Cluster) -> Iterator[str]:
     """The URL (as the superuser) of a new database holding the migrated ledger."""

@@ -5,25 +5,15 @@ lists the few errors that the HTTP layer answers without calling the database.""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from conftest import Cluster
-from http_fixtures import Api, serve_fresh_database
+from http_fixtures import Api
 
 from financeatp.operations import HTTP_ERRORS
 
 ROOT = Path(__file__).resolve().parent.parent
 ROW = re.compile(r"^\|\s*(L\d{4}|\(HTTP\))\s*\|\s*(\d{3})\s*\|\s*(\w+)\s*\|")
-
-
-@pytest.fixture(scope="module")
-def api(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    log_path = tmp_path_factory.mktemp("errors") / "server.log"
-    with serve_fresh_database(cluster, log_path, MAINTENANCE_INTERVAL="0") as api:
-        yield api
 
 
 def database_errors(api: Api) -> set[tuple[str, int, str, str]]:

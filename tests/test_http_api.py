@@ -9,7 +9,6 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,19 +17,11 @@ import httpx
 import psycopg
 import pytest
 from conftest import TEMPLATE, Cluster, key_hash, url
-from http_fixtures import Api, cluster_log, serve_fresh_database, start_server
+from http_fixtures import Api, cluster_log, start_server
 
 from financeatp.operations import OPERATIONS, Operation
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
-@pytest.fixture(scope="module")
-def api(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    """One server and database for the module (the maintenance job would only add noise)."""
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    with serve_fresh_database(cluster, log_path, MAINTENANCE_INTERVAL="0") as api:
-        yield api
 
 
 @pytest.fixture(scope="module")

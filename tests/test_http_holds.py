@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,13 +13,6 @@ import pytest
 from conftest import Cluster
 from http_fixtures import Api, serve_fresh_database
 from test_http_api import UUID_RE, all_events, expect_error
-
-
-@pytest.fixture(scope="module")
-def api(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    with serve_fresh_database(cluster, log_path, MAINTENANCE_INTERVAL="0") as api:
-        yield api
 
 
 @pytest.fixture(scope="module")

@@ -8,24 +8,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from conftest import Cluster
-from http_fixtures import Api, serve_fresh_database
+from http_fixtures import Api
 
 from financeatp.operations import OPERATIONS
 
 FEE = "00000000-0000-0000-0000-000000000002"
-
-
-@pytest.fixture(scope="module")
-def api(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    with serve_fresh_database(cluster, log_path, MAINTENANCE_INTERVAL="0") as api:
-        yield api
 
 
 @pytest.fixture(scope="module")
