@@ -121,7 +121,7 @@ BEGIN
                                            'from_balance', _debit.balance::numeric(21, 8)::text,
                                            'from_held', _debit.held::numeric(21, 8)::text,
                                            'to_balance', _credit.balance::numeric(21, 8)::text),
-        after_state => ledger.hold_state(_hold) || jsonb_build_object(
+        after_state => ledger.hold_json(_hold)::jsonb || jsonb_build_object(
             'from_balance', (_debit.balance - _amount)::numeric(21, 8)::text,
             'from_held', (_debit.held - _hold.amount)::numeric(21, 8)::text,
             'to_balance', (_credit.balance + _amount)::numeric(21, 8)::text),

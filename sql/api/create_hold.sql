@@ -97,7 +97,7 @@ BEGIN
     _hold := ROW(ledger.uuid_v7(), create_hold.from_user_id, create_hold.to_user_id, _debit.account_id,
                  _credit.account_id, create_hold.amount, 0, 'pending', create_hold.memo,
                  _at + make_interval(secs => _expires_in), NULL, _at, NULL, 1);
-    body := ledger.hold_json(_hold);  -- the body in the contract's order; ledger.hold_state is the jsonb twin
+    body := ledger.hold_json(_hold);  -- the body in the contract's order
     _ctx := ROW(_c.api_key_id, _c.actor, create_hold.request_user_id, create_hold.correlation_id,
                 create_hold.client_addr, _c.scope);
     status := ledger.post_hold(
@@ -108,7 +108,7 @@ BEGIN
             'amount', _hold.amount::numeric(21, 8)::text, 'memo', _hold.memo,
             'expires_at', ledger.rfc3339(_hold.expires_at)),
         before_state => jsonb_build_object('from_held', _debit.held::numeric(21, 8)::text),
-        after_state => ledger.hold_state(_hold) || jsonb_build_object(
+        after_state => body::jsonb || jsonb_build_object(
             'from_held', (_debit.held + create_hold.amount)::numeric(21, 8)::text),
         idempotency_key => create_hold.idempotency_key, request_hash => _hash, response_body => body);
     status := 201;

@@ -40,7 +40,7 @@ BEGIN
             action => 'hold.expire', resource_type => 'hold', resource_id => _hold.id::text,
             before_state => jsonb_build_object('status', 'pending',
                                                'from_held', _wallet.held::numeric(21, 8)::text),
-            after_state => ledger.hold_state(_hold) || jsonb_build_object(
+            after_state => ledger.hold_json(_hold)::jsonb || jsonb_build_object(
                 'from_held', (_wallet.held - _hold.amount)::numeric(21, 8)::text),
             idempotency_key => NULL, operation => NULL, request_hash => NULL,
             response_status => NULL, response_body => NULL,

@@ -75,7 +75,7 @@ BEGIN
                               -_hold.amount)]::ledger.account_state[],
         action => 'hold.void', resource_type => 'hold', resource_id => _hold.id::text,
         before_state => jsonb_build_object('status', 'pending', 'from_held', _debit.held::numeric(21, 8)::text),
-        after_state => ledger.hold_state(_hold) || jsonb_build_object(
+        after_state => ledger.hold_json(_hold)::jsonb || jsonb_build_object(
             'from_held', (_debit.held - _hold.amount)::numeric(21, 8)::text),
         idempotency_key => void_hold.idempotency_key, operation => 'void_hold', request_hash => _hash,
         response_status => 200, response_body => body,

@@ -1,6 +1,6 @@
 -- A hold as the api answers it: json, in the order of the contract's Hold schema. A pending hold
 -- past expires_at reads as expired: it can no longer settle, even before maintenance releases
--- what it reserves. ledger.hold_state is the same as jsonb, for audit states.
+-- what it reserves. Audit states take it as jsonb (a cast).
 CREATE OR REPLACE FUNCTION ledger.hold_json(h ledger.holds)
 RETURNS json
 LANGUAGE sql
