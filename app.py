@@ -4,24 +4,23 @@ It authenticates (the SHA-256 of X-API-Key, never the key itself, goes to Postgr
 path, query, headers and body of a request to the named arguments of ONE `api` function call, and
 maps SQLSTATE codes to HTTP statuses by rule. Every rule about money lives in PostgreSQL (sql/).
 
-Read top to bottom: settings, errors and the SQLSTATE rule, reading a request, the one function
-call, the process's state and lifespan, the routes. Everything else is in financeatp/: the
-operations table, the OpenAPI document, logs and metrics, the embedded PostgreSQL, uvicorn, and
-the commands `python app.py run|serve|migrate|api-key` (financeatp/commands.py).
+Read top to bottom: settings, the SQLSTATE rule, reading a request, the one function call, the
+process's state and lifespan, the routes. Everything else is in financeatp/: the error answers
+(errors.py), how a JSON value becomes an argument's text (values.py), the operations table, the
+OpenAPI document, logs and metrics, Starlette paths (routing.py), the scheduled jobs, the embedded
+PostgreSQL, uvicorn, and the commands `python app.py run|serve|migrate|api-key` (commands.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import ipaddress
 import json
 import os
 import re
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +30,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.applications import Starlette
-from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
@@ -39,15 +37,20 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
-from financeatp.observe import METRICS, KeyNames, RequestContext, log, setup_logging
-from financeatp.openapi import DOCS_PAGE, openapi_text
-from financeatp.operations import OPERATIONS, ErrorCode, Field, Operation
-
-JSON = "application/json"
-UUID_PATTERN = re.compile(
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+from financeatp.errors import JSON, ApiError, error_response, invalid, unavailable
+from financeatp.maintenance import run_maintenance
+from financeatp.observe import (
+    METRICS,
+    KeyNames,
+    RequestContext,
+    log,
+    publish_pool_gauges,
+    setup_logging,
 )
-
+from financeatp.openapi import DOCS_PAGE, openapi_text
+from financeatp.operations import OPERATIONS, ErrorCode, Operation
+from financeatp.routing import routing_path
+from financeatp.values import clean_text, field_value, parse_object, read_body, uuid_text
 
 # --- settings ------------------------------------------------------------------------------
 
@@ -81,51 +84,7 @@ class Settings:
         )
 
 
-# --- errors --------------------------------------------------------------------------------
-
-
-class ApiError(Exception):
-    """An answer with the contract's error body {"error", "message", ...fields}."""
-
-    def __init__(
-        self,
-        status: int,
-        error: str,
-        message: str,
-        headers: Mapping[str, str] | None = None,
-        fields: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
-        self.headers = dict(headers or {})
-        self.fields = dict(fields or {})
-
-    def response(self) -> Response:
-        return error_response(self.status, self.error, self.message, self.headers, self.fields)
-
-
-def error_response(
-    status: int,
-    error: str,
-    message: str,
-    headers: Mapping[str, str] | None = None,
-    fields: Mapping[str, Any] | None = None,
-) -> Response:
-    # The Error schema's order: error and message first, then the fields (index, retry_after).
-    content: dict[str, Any] = {"error": error, "message": message}
-    content |= {key: value for key, value in (fields or {}).items() if key not in content}
-    body = json.dumps(content, ensure_ascii=False)
-    return Response(body, status, headers=dict(headers or {}), media_type=JSON)
-
-
-def invalid(message: str) -> ApiError:
-    return ApiError(400, "invalid_request", message)
-
-
-def unavailable(message: str) -> ApiError:
-    return ApiError(503, "unavailable", message, {"Retry-After": "1"})
+# --- the SQLSTATE rule -----------------------------------------------------------------------
 
 
 # Used only until api.error_codes() could be read: the status is in the code itself.
@@ -207,108 +166,6 @@ def translate(exc: psycopg.Error, codes: ErrorCodes) -> ApiError | None:
 
 
 # --- reading a request ---------------------------------------------------------------------
-
-
-def uuid_text(value: str, what: str) -> str:
-    if not UUID_PATTERN.fullmatch(value):
-        raise invalid(f"{what} must be a UUID such as 123e4567-e89b-12d3-a456-426614174000")
-    return value
-
-
-def clean_text(value: str, what: str) -> str:
-    if "\x00" in value:
-        raise invalid(f"{what} must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise invalid(f"{what} is not valid Unicode text") from None
-    return value
-
-
-def field_value(field: Field, value: Any) -> str | None:
-    """A JSON value as the text PostgreSQL parses; only JSON types are judged here."""
-    if value is None:
-        return None
-    if field.kind == "array":
-        return array_value(field, value)
-    if field.kind == "integer":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise invalid(f"{field.name} must be an integer")
-        return str(value)
-    if not isinstance(value, str):
-        if (
-            field.kind == "amount"
-            and isinstance(value, int | float)
-            and not isinstance(value, bool)
-        ):
-            raise invalid(
-                f'{field.name} must be a JSON string such as "100.50", not a number: '
-                "numbers lose exactness"
-            )
-        raise invalid(f"{field.name} must be a string")
-    if field.kind == "uuid":
-        return uuid_text(value, field.name)
-    return clean_text(value, field.name)
-
-
-def array_value(field: Field, value: Any) -> str:
-    """An array of objects (a batch's legs) as JSON text for a jsonb parameter, each object's
-    fields judged like a body's; a bad one is named by its 0-based index, as the database does."""
-    if not isinstance(value, list):
-        raise invalid(f"{field.name} must be an array")
-    items = {item.name: item for item in field.items}
-    for index, element in enumerate(value):
-        where = f"{field.name}[{index}]"
-        if not isinstance(element, dict):
-            raise ApiError(
-                400, "invalid_request", f"{where} must be an object", fields={"index": index}
-            )
-        unknown = sorted(set(element) - set(items))
-        try:
-            if unknown:
-                raise invalid(
-                    f"{where}: unknown field(s): {', '.join(unknown)}; allowed: {', '.join(items)}"
-                )
-            for name, item in items.items():
-                field_value(dataclasses.replace(item, name=f"{where}.{name}"), element.get(name))
-        except ApiError as error:
-            error.fields["index"] = index
-            raise
-    return json.dumps(value, ensure_ascii=False)
-
-
-def reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def too_large(limit: int) -> ApiError:
-    return ApiError(413, "payload_too_large", f"the request body is larger than {limit} bytes")
-
-
-def parse_object(raw: bytes, required: bool) -> dict[str, Any]:
-    if not raw.strip() and not required:
-        return {}
-    try:
-        body = json.loads(raw, parse_constant=reject_constant)
-    except (ValueError, RecursionError):
-        raise invalid("the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise invalid("the request body must be a JSON object")
-    return body
 
 
 def body_arguments(op: Operation, body: Mapping[str, Any]) -> dict[str, str | None]:
@@ -533,33 +390,6 @@ async def load_error_codes(state: AppState, timeout: float) -> bool:
         return False
 
 
-async def run_maintenance(state: AppState) -> None:
-    """api.run_maintenance() every MAINTENANCE_INTERVAL seconds, in every worker: each job is
-    safe to run concurrently and cheap when there is nothing to do, and it needs no leader."""
-    interval = state.settings.maintenance_interval
-    await asyncio.sleep(secrets.randbelow(int(min(interval, 10)) * 1000 + 1) / 1000)
-    while True:
-        try:
-            async with state.pool.connection() as conn:
-                cur = await conn.execute(
-                    "SELECT api.run_maintenance(correlation_id => %s)", ["maintenance"]
-                )
-                row = await cur.fetchone()
-            log.info("maintenance", extra={"fields": {"result": row[0] if row else None}})
-        except (psycopg.Error, PoolTimeout) as exc:
-            log.warning("maintenance failed", extra={"fields": {"error": str(exc)}})
-        await asyncio.sleep(interval)
-
-
-async def publish_pool_gauges(state: AppState, interval: float = 1.0) -> None:
-    """The pool gauges of this worker, once a second (and by /metrics when it answers), not
-    three gauge writes on every request: the metrics cost about 0.06 ms of a request's 0.5 ms
-    of server CPU (bench/README.md, third pass), and a gauge a second old is current enough."""
-    while True:
-        METRICS.observe_pool(state.pool)
-        await asyncio.sleep(interval)
-
-
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     setup_logging()
@@ -568,9 +398,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     await pool.open(wait=False)
     state = AppState(settings, pool, ErrorCodes(), KeyNames(settings.key_name_ttl))
     await load_error_codes(state, timeout=settings.pool_timeout)
-    tasks = [asyncio.create_task(publish_pool_gauges(state))]
+    tasks = [asyncio.create_task(publish_pool_gauges(pool))]
     if settings.maintenance_interval > 0:
-        tasks.append(asyncio.create_task(run_maintenance(state)))
+        tasks.append(asyncio.create_task(run_maintenance(pool, settings.maintenance_interval)))
     try:
         yield {"atp": state}
     finally:
@@ -632,33 +462,6 @@ async def key_name(state: dict[str, Any], status: int) -> str | None:
     if atp is None or not state["api_key_hash"] or status == 503:
         return None
     return await atp.key_names.name(atp.pool, state["api_key_hash"])
-
-
-class NotSiblingConvertor(StringConvertor):
-    """A path parameter that is not one of the literal segments beside it (POST /transfers/batch
-    beside GET /transfers/{transfer_id}): GET /transfers/batch is then 405, not a malformed id."""
-
-    regex = "[^/]+"
-
-
-def routing_path(path: str, paths: list[str]) -> str:
-    """The path for Starlette: a parameter with literal siblings gets NotSiblingConvertor."""
-    parts = path.split("/")
-    for i, part in enumerate(parts):
-        if not part.startswith("{"):
-            continue
-        siblings = {
-            other[i]
-            for other in (p.split("/") for p in paths)
-            if len(other) > i and other[:i] == parts[:i] and not other[i].startswith("{")
-        }
-        if siblings:
-            name = f"not_{'_'.join(sorted(siblings))}"
-            convertor = NotSiblingConvertor()
-            convertor.regex = f"(?!(?:{'|'.join(map(re.escape, sorted(siblings)))})$)[^/]+"
-            register_url_convertor(name, convertor)
-            parts[i] = f"{part[:-1]}:{name}}}"
-    return "/".join(parts)
 
 
 def routes() -> list[Route | Mount]:

@@ -1,0 +1,121 @@
+"""A request's JSON values as the text PostgreSQL parses: only JSON types, UUID shapes, text that
+PostgreSQL can store, and the body's size are judged here; every rule about what a value means
+is the database's."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Any
+
+from starlette.requests import Request
+
+from financeatp.errors import ApiError, invalid
+from financeatp.operations import Field
+
+UUID_PATTERN = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+
+
+def uuid_text(value: str, what: str) -> str:
+    if not UUID_PATTERN.fullmatch(value):
+        raise invalid(f"{what} must be a UUID such as 123e4567-e89b-12d3-a456-426614174000")
+    return value
+
+
+def clean_text(value: str, what: str) -> str:
+    if "\x00" in value:
+        raise invalid(f"{what} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid(f"{what} is not valid Unicode text") from None
+    return value
+
+
+def field_value(field: Field, value: Any) -> str | None:
+    """A JSON value as the text PostgreSQL parses; only JSON types are judged here."""
+    if value is None:
+        return None
+    if field.kind == "array":
+        return array_value(field, value)
+    if field.kind == "integer":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise invalid(f"{field.name} must be an integer")
+        return str(value)
+    if not isinstance(value, str):
+        if (
+            field.kind == "amount"
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+        ):
+            raise invalid(
+                f'{field.name} must be a JSON string such as "100.50", not a number: '
+                "numbers lose exactness"
+            )
+        raise invalid(f"{field.name} must be a string")
+    if field.kind == "uuid":
+        return uuid_text(value, field.name)
+    return clean_text(value, field.name)
+
+
+def array_value(field: Field, value: Any) -> str:
+    """An array of objects (a batch's legs) as JSON text for a jsonb parameter, each object's
+    fields judged like a body's; a bad one is named by its 0-based index, as the database does."""
+    if not isinstance(value, list):
+        raise invalid(f"{field.name} must be an array")
+    items = {item.name: item for item in field.items}
+    for index, element in enumerate(value):
+        where = f"{field.name}[{index}]"
+        if not isinstance(element, dict):
+            raise ApiError(
+                400, "invalid_request", f"{where} must be an object", fields={"index": index}
+            )
+        unknown = sorted(set(element) - set(items))
+        try:
+            if unknown:
+                raise invalid(
+                    f"{where}: unknown field(s): {', '.join(unknown)}; allowed: {', '.join(items)}"
+                )
+            for name, item in items.items():
+                field_value(dataclasses.replace(item, name=f"{where}.{name}"), element.get(name))
+        except ApiError as error:
+            error.fields["index"] = index
+            raise
+    return json.dumps(value, ensure_ascii=False)
+
+
+def reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"the request body is larger than {limit} bytes")
+
+
+def parse_object(raw: bytes, required: bool) -> dict[str, Any]:
+    if not raw.strip() and not required:
+        return {}
+    try:
+        body = json.loads(raw, parse_constant=reject_constant)
+    except (ValueError, RecursionError):
+        raise invalid("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object")
+    return body
