@@ -50,6 +50,11 @@ def mask_key(key: str) -> str:
 # --- logs ----------------------------------------------------------------------------------
 
 
+def json_line(entry: dict[str, Any]) -> str:
+    """A log entry as one JSON line, anything shaped like an API key cut to its prefix."""
+    return KEY_IN_TEXT.sub(r"\1****", json.dumps(entry, ensure_ascii=False, default=str))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; anything shaped like an API key is cut to its prefix."""
 
@@ -77,7 +82,7 @@ class JsonFormatter(logging.Formatter):
         entry |= getattr(record, "fields", {})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return KEY_IN_TEXT.sub(r"\1****", json.dumps(entry, ensure_ascii=False, default=str))
+        return json_line(entry)
 
 
 class AccessLog:
@@ -99,9 +104,8 @@ class AccessLog:
         now = time.time()
         stamp = self.clock.timestamp_of(now)
         entry = {"ts": stamp, "level": "info", "logger": self.name, "message": "request", **fields}
-        line = KEY_IN_TEXT.sub(r"\1****", json.dumps(entry, ensure_ascii=False, default=str))
         stream = sys.stdout
-        stream.write(line + "\n")
+        stream.write(json_line(entry) + "\n")
         stream.flush()
 
 
