@@ -49,6 +49,7 @@ from financeatp.observe import (
 )
 from financeatp.openapi import DOCS_PAGE, openapi_text
 from financeatp.operations import OPERATIONS, ErrorCode, Operation
+from financeatp.pgcall import Row, Statement, fetch_row
 from financeatp.routing import routing_path
 from financeatp.values import clean_text, field_value, parse_object, read_body, uuid_text
 
@@ -261,29 +262,32 @@ async def arguments(request: Request, op: Operation, limit: int) -> dict[str, st
 
 
 @functools.lru_cache(maxsize=256)
-def call_statement(function: str, names: tuple[str, ...], writes: bool) -> bytes:
-    """SELECT api.<function>(name => %(name)s, ...): values go as untyped text, so PostgreSQL
+def call_statement(function: str, names: tuple[str, ...], writes: bool) -> Statement:
+    """SELECT api.<function>(name => $1, ...): values go as untyped text, so PostgreSQL
     parses each by the function's signature (an amount as numeric, an id as uuid, ...).
-    Rendered to bytes once: psycopg would render a Composed again on every execution, and
-    caches its parse of a query given as bytes (make bench's py-spy profile)."""
+    Rendered once per function and set of arguments, and prepared once per connection."""
     args = sql.SQL(", ").join(
-        sql.SQL("{} => {}").format(sql.Identifier(name), sql.Placeholder(name)) for name in names
+        sql.SQL("{} => {}").format(sql.Identifier(name), sql.SQL(f"${number}"))
+        for number, name in enumerate(names, 1)
     )
     function_name = sql.Identifier("api", function)
     if writes:
         statement = sql.SQL("SELECT status, body::text, replayed FROM {}({})")
     else:
         statement = sql.SQL("SELECT {}({})::text")
-    return statement.format(function_name, args).as_bytes(None)
+    return Statement.of(statement.format(function_name, args).as_bytes(None))
 
 
 async def call(state: AppState, op: Operation, args: dict[str, str | None]) -> Response:
-    statement = call_statement(op.function, tuple(sorted(args)), op.writes)
-    row = await fetch_one(state, statement, args)
+    names = tuple(sorted(args))
+    statement = call_statement(op.function, names, op.writes)
+    params = [None if (value := args[name]) is None else value.encode() for name in names]
+    # The body goes to the client as the bytes PostgreSQL sent (UTF-8: see make_pool).
+    row = await fetch_one(state, statement, params)
     if op.writes:
         status, body, replayed = row
-        headers = {"Idempotent-Replayed": "true"} if replayed else {}
-        return Response(body, status, headers=headers, media_type=JSON)
+        headers = {"Idempotent-Replayed": "true"} if replayed == b"t" else {}
+        return Response(body, int(status or 500), headers=headers, media_type=JSON)
     return Response(row[0], op.success, media_type=JSON)
 
 
@@ -291,30 +295,29 @@ class DeadConnectionError(Exception):
     """The connection broke under the statement (e.g. the server restarted since it was opened)."""
 
 
-async def execute_once(state: AppState, statement: bytes, args: Mapping[str, Any]) -> Any:
+async def execute_once(state: AppState, statement: Statement, params: list[bytes | None]) -> Row:
     # getconn/putconn rather than pool.connection(): the connections are in autocommit, and the
     # context manager's commit on exit cost 5% of a balance read's server CPU (bench/README.md).
     conn = await state.pool.getconn()
     try:
-        cur = await conn.execute(statement, args)
-        row = await cur.fetchone()
-    except psycopg.OperationalError as exc:
+        row = await fetch_row(conn, statement, params)
+    except psycopg.Error as exc:
         if conn.broken:
             raise DeadConnectionError from exc
         raise
     finally:
         await state.pool.putconn(conn)
     if row is None:
-        raise RuntimeError(f"{statement!r} returned no row")
+        raise RuntimeError(f"{statement.text!r} returned no row")
     return row
 
 
-async def fetch_one(state: AppState, statement: bytes, args: Mapping[str, Any]) -> Any:
+async def fetch_one(state: AppState, statement: Statement, params: list[bytes | None]) -> Row:
     # A connection that died while idle in the pool fails on first use: try once more on a new
     # one. Safe for writes too: the idempotency key makes a second execution a replay.
     for attempt in (1, 2):
         try:
-            return await execute_once(state, statement, args)
+            return await execute_once(state, statement, params)
         except DeadConnectionError as dead:
             if attempt == 1:
                 await state.pool.check()  # the other idle connections died with it, most likely
@@ -373,7 +376,8 @@ def make_pool(settings: Settings) -> AsyncConnectionPool[Any]:
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         timeout=settings.pool_timeout,
-        kwargs={"autocommit": True, "application_name": "financeatp"},
+        # UTF-8 whatever the database's encoding: response bodies are PostgreSQL's bytes.
+        kwargs={"autocommit": True, "application_name": "financeatp", "client_encoding": "utf8"},
         configure=functools.partial(configure_connection, settings.db_role),
         name="financeatp",
         open=False,
