@@ -13,23 +13,43 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    _account uuid;
-    _username text;
+    _w record;
     _snapshot ledger.snapshots;
     _replayed record;
 BEGIN
-    PERFORM ledger.authorize(get_balance.api_key_hash, 'read', get_balance.request_user_id,
-                             get_balance.correlation_id, get_balance.client_addr);
-    _account := ledger.wallet_of(get_balance.user_id);
-    SELECT username INTO _username FROM ledger.users WHERE id = get_balance.user_id;
+    -- One statement: who is calling (ledger.caller: the key, its permission, the rate limit) and
+    -- the user's open wallet with its balance. It only reads, so reading the wallet before a
+    -- refusal is raised discloses nothing; ledger.authorize and ledger.wallet_of would be two
+    -- more PL/pgSQL calls and three more statements (measured: 16% of a read's PostgreSQL CPU).
+    SELECT c.refusal, c.actor, c.key_name, c.rate_limit, c.current_count, c.previous_count, c.elapsed,
+           c.api_key_id, c.stale_last_used, w.account_id, w.username, w.balance, w.held, w.is_frozen,
+           w.updated_at
+      INTO _w
+      FROM ledger.caller(get_balance.api_key_hash, 'read', NULL, get_balance.correlation_id) c
+      LEFT JOIN (SELECT a.id AS account_id, u.username, b.balance, b.held, b.is_frozen, b.updated_at
+                   FROM ledger.users u
+                   JOIN ledger.accounts a ON a.user_id = u.id AND a.account_type = 'user_wallet'
+                   JOIN ledger.balances b ON b.account_id = a.id
+                  WHERE u.id = get_balance.user_id AND u.deleted_at IS NULL AND NOT u.is_system) w ON true;
+    IF _w.refusal IS NOT NULL THEN
+        PERFORM ledger.refuse(_w.refusal, _w.actor, _w.key_name, 'read', _w.rate_limit, _w.current_count,
+                              _w.previous_count, _w.elapsed);
+    END IF;
+    IF _w.api_key_id IS NOT NULL AND _w.stale_last_used THEN
+        PERFORM ledger.touch_api_key(_w.api_key_id);
+    END IF;
+    IF get_balance.user_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'user_id is required';
+    ELSIF _w.account_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found', get_balance.user_id);
+    END IF;
     IF get_balance.as_of IS NULL THEN
-        RETURN (SELECT json_build_object('user_id', get_balance.user_id, 'username', _username,
-                                         'balance', b.balance::numeric(21, 8)::text,
-                                         'available', (b.balance - b.held)::numeric(21, 8)::text,
-                                         'held', b.held::numeric(21, 8)::text,
-                                         'is_frozen', b.is_frozen,
-                                         'updated_at', ledger.rfc3339(b.updated_at))
-                  FROM ledger.balances b WHERE b.account_id = _account);
+        RETURN json_build_object('user_id', get_balance.user_id, 'username', _w.username,
+                                 'balance', _w.balance::numeric(21, 8)::text,
+                                 'available', (_w.balance - _w.held)::numeric(21, 8)::text,
+                                 'held', _w.held::numeric(21, 8)::text,
+                                 'is_frozen', _w.is_frozen,
+                                 'updated_at', ledger.rfc3339(_w.updated_at));
     END IF;
 
     IF get_balance.as_of > clock_timestamp() THEN
@@ -37,14 +57,14 @@ BEGIN
     END IF;
     -- The newest snapshot at or before the moment, then at most 99 events on top of it.
     SELECT * INTO _snapshot FROM ledger.snapshots
-     WHERE account_id = _account AND event_created_at <= get_balance.as_of
+     WHERE account_id = _w.account_id AND event_created_at <= get_balance.as_of
      ORDER BY version DESC LIMIT 1;
     SELECT COALESCE(sum(ledger.event_delta(e.event_type, e.data, 'credit')), 0) AS delta,
            count(*) AS events,
            max(e.created_at) AS last_at
       INTO _replayed
       FROM ledger.events e
-     WHERE e.aggregate_type = 'account' AND e.aggregate_id = _account
+     WHERE e.aggregate_type = 'account' AND e.aggregate_id = _w.account_id
        AND e.version > COALESCE(_snapshot.version, 0)
        AND e.created_at <= get_balance.as_of;
     IF _snapshot.version IS NULL AND _replayed.events = 0 THEN
@@ -53,7 +73,7 @@ BEGIN
     END IF;
     RETURN json_build_object(
         'user_id', get_balance.user_id,
-        'username', _username,
+        'username', _w.username,
         'balance', (COALESCE(_snapshot.balance, 0) + _replayed.delta)::numeric(21, 8)::text,
         'as_of', ledger.rfc3339(get_balance.as_of),
         'updated_at', ledger.rfc3339(COALESCE(_replayed.last_at, _snapshot.event_created_at)));

@@ -14,13 +14,29 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
+    _w record;
     _account uuid;
     _before bigint;
     _items json;
     _next text;
 BEGIN
-    PERFORM ledger.authorize(get_history.api_key_hash, 'read', get_history.request_user_id,
-                             get_history.correlation_id, get_history.client_addr);
+    -- One statement: who is calling (ledger.caller) and the user's open wallet, as in
+    -- api.get_balance; the errors keep their order (refusal, limit, cursor, user).
+    SELECT c.refusal, c.actor, c.key_name, c.rate_limit, c.current_count, c.previous_count, c.elapsed,
+           c.api_key_id, c.stale_last_used, w.account_id
+      INTO _w
+      FROM ledger.caller(get_history.api_key_hash, 'read', NULL, get_history.correlation_id) c
+      LEFT JOIN (SELECT a.id AS account_id
+                   FROM ledger.users u
+                   JOIN ledger.accounts a ON a.user_id = u.id AND a.account_type = 'user_wallet'
+                  WHERE u.id = get_history.user_id AND u.deleted_at IS NULL AND NOT u.is_system) w ON true;
+    IF _w.refusal IS NOT NULL THEN
+        PERFORM ledger.refuse(_w.refusal, _w.actor, _w.key_name, 'read', _w.rate_limit, _w.current_count,
+                              _w.previous_count, _w.elapsed);
+    END IF;
+    IF _w.api_key_id IS NOT NULL AND _w.stale_last_used THEN
+        PERFORM ledger.touch_api_key(_w.api_key_id);
+    END IF;
     IF get_history."limit" IS NULL OR get_history."limit" NOT BETWEEN 1 AND 200 THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'limit must be between 1 and 200';
     END IF;
@@ -30,7 +46,12 @@ BEGIN
         END IF;
         _before := get_history.cursor::bigint;
     END IF;
-    _account := ledger.wallet_of(get_history.user_id);
+    IF get_history.user_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'user_id is required';
+    ELSIF _w.account_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found', get_history.user_id);
+    END IF;
+    _account := _w.account_id;
 
     WITH page AS (
         SELECT e.id, e.journal_id, e.refund_of, e.kind, e.amount, e.counterparty_user_id, e.memo, e.balance_after, e.created_at

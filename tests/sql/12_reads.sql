@@ -1,7 +1,7 @@
 -- Reads: get_balance (now and as_of, with snapshots), get_history (order, kinds, balance_after,
 -- cursor pagination) and get_transfer. (list_events needs committed transactions: 16_event_feed.sql.)
 BEGIN;
-SELECT plan(43);
+SELECT plan(50);
 
 CREATE TEMP TABLE k (name text PRIMARY KEY, id uuid, key text, hash text);
 INSERT INTO k
@@ -194,6 +194,19 @@ SELECT * FROM api.create_user('e0000000-0000-4000-8000-000000000005', 'erin', 'e
 SELECT is(api.get_history('e0000000-0000-4000-8000-000000000005')::jsonb,
           '{"user_id": "e0000000-0000-4000-8000-000000000005", "items": [], "next_cursor": null}'::jsonb,
           'a new user has an empty history');
+
+-- The caller and the wallet are read by one statement (api.get_balance, api.get_history): the
+-- refusal still comes before any answer about the user, and a deleted user has no wallet.
+SELECT throws_ok($$SELECT api.get_history(NULL)$$, 'L4001', NULL, 'get_history needs a user_id');
+SELECT throws_ok(format('SELECT api.%s(%L, api_key_hash => %L)', f, u, repeat('0', 64)),
+                 'L4011', NULL, f || ' with an unknown key is refused before the user is looked up')
+  FROM unnest(ARRAY['get_balance', 'get_history']) AS f,
+       unnest(ARRAY['a11ce000-0000-4000-8000-000000000001', 'deadbeef-0000-4000-8000-000000000000']) AS u;
+SELECT * FROM api.create_user('f0000000-0000-4000-8000-000000000006', 'frank', 'frank@example.com') \g /dev/null
+SELECT * FROM api.delete_user('f0000000-0000-4000-8000-000000000006') \g /dev/null
+SELECT throws_ok(format('SELECT api.%s(%L)', f, 'f0000000-0000-4000-8000-000000000006'),
+                 'L4041', NULL, f || ' of a deleted user is user_not_found')
+  FROM unnest(ARRAY['get_balance', 'get_history']) AS f;
 
 -- ---------------------------------------------------------------- get_transfer
 SELECT is(api.get_transfer((SELECT (body ->> 'transfer_id')::uuid FROM res WHERE name = 'out'),
