@@ -197,10 +197,14 @@ def path_arguments(op: Operation, request: Request) -> dict[str, str]:
     return {name: uuid_text(request.path_params[name], name) for name in op.path_params}
 
 
+# Made once: json.dumps with options builds a new encoder on every call.
+CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def request_hash(request: Request, body: Mapping[str, Any], acting_user: str | None) -> str:
     """The same method, path, parsed body and acting user make the same request, whatever the
     JSON's spacing or key order; stored with the idempotency key to tell replays from conflicts."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = CANONICAL_JSON.encode(body)
     # The path as request.url.path gives it, without building the URL (its ids are checked UUIDs).
     path = request.scope.get("root_path", "") + request.scope["path"]
     text = "\n".join((request.method, path, canonical, acting_user or ""))

@@ -50,9 +50,13 @@ def mask_key(key: str) -> str:
 # --- logs ----------------------------------------------------------------------------------
 
 
+# Made once: json.dumps with options builds a new encoder on every call.
+LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 def json_line(entry: dict[str, Any]) -> str:
     """A log entry as one JSON line, anything shaped like an API key cut to its prefix."""
-    return KEY_IN_TEXT.sub(r"\1****", json.dumps(entry, ensure_ascii=False, default=str))
+    return KEY_IN_TEXT.sub(r"\1****", LINE_ENCODER.encode(entry))
 
 
 class JsonFormatter(logging.Formatter):

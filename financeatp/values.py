@@ -84,11 +84,16 @@ def array_value(field: Field, value: Any) -> str:
         except ApiError as error:
             error.fields["index"] = index
             raise
-    return json.dumps(value, ensure_ascii=False)
+    return ENCODER.encode(value)
 
 
 def reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+# Made once: json.loads and json.dumps with options build a new decoder or encoder on every call.
+DECODER = json.JSONDecoder(parse_constant=reject_constant)
+ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -113,7 +118,8 @@ def parse_object(raw: bytes, required: bool) -> dict[str, Any]:
     if not raw.strip() and not required:
         return {}
     try:
-        body = json.loads(raw, parse_constant=reject_constant)
+        # As json.loads reads bytes: UTF-8, or UTF-16/32 by the first bytes.
+        body = DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except (ValueError, RecursionError):
         raise invalid("the request body is not valid JSON") from None
     if not isinstance(body, dict):
