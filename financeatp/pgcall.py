@@ -2,9 +2,9 @@
 
 A request's one function call does not need psycopg's cursor: its parameters are already text,
 and its answer (a status and a JSON body, or a JSON body) goes to the client as the bytes
-PostgreSQL sent. Measured in process, the cursor's execute and fetch cost 160 µs of the server's
-CPU per call on this machine where sending the prepared statement and reading its one result
-cost 56 (bench/README.md, "Seventh pass"). Everything else (the pool, configuring a connection,
+PostgreSQL sent. Measured in process, the cursor's execute and fetch cost 159-181 µs of the
+server's CPU per call where sending the prepared statement and reading its one result cost 56-78
+(bench/README.md, "Seventh pass"). Everything else (the pool, configuring a connection,
 errors by SQLSTATE, the error-code table, maintenance) stays on psycopg's own API.
 
 A statement is prepared on a connection the first time that connection runs it; the set of
