@@ -290,8 +290,10 @@ async def call(state: AppState, op: Operation, args: dict[str, str | None]) -> R
     row = await fetch_one(state, statement, params)
     if op.writes:
         status, body, replayed = row
+        if status is None:
+            raise RuntimeError(f"api.{op.function} answered without a status")  # a bug: a 500
         headers = {"Idempotent-Replayed": "true"} if replayed == b"t" else {}
-        return Response(body, int(status or 500), headers=headers, media_type=JSON)
+        return Response(body, int(status), headers=headers, media_type=JSON)
     return Response(row[0], op.success, media_type=JSON)
 
 
