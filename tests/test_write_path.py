@@ -1,8 +1,10 @@
 """The shape of the write path, counted on one call: transfer, mint, burn and create_hold run one
 PL/pgSQL body (the api function), at most three nested SQL statements, one other function call
 (the posting: ledger.post_transfer for one journal, ledger.post_hold for a new hold) and no
-trigger. pg_stat_statements (track = all) counts the statements, pg_stat_xact_user_functions the
-calls of PL/pgSQL and SQL functions that were not inlined, trigger functions included."""
+trigger; and the two hot reads, get_balance and get_history, run one PL/pgSQL body whose caller
+and wallet are read by one statement. pg_stat_statements (track = all) counts the statements,
+pg_stat_xact_user_functions the calls of PL/pgSQL and SQL functions that were not inlined, trigger
+functions included."""
 
 from __future__ import annotations
 
@@ -90,6 +92,44 @@ def test_one_call_executes_the_lean_shape(dba, app_url, make_key, operation: str
     assert sum(calls for _, calls in nested) <= MAX_NESTED_STATEMENTS, nested
     posting = "ledger.post_hold" if operation == "create_hold" else "ledger.post_transfer"
     assert functions == [(f"api.{operation}", 1), (posting, 1)], functions
+
+
+# A read: its statement, and how many nested statements it may run (the balance: the caller with
+# the wallet; the history: that, then the page).
+READS: dict[str, tuple[str, int]] = {
+    "get_balance": ("SELECT api.get_balance(%(a)s, api_key_hash => %(h)s)", 1),
+    "get_history": ("SELECT api.get_history(%(a)s, api_key_hash => %(h)s)", 2),
+}
+
+
+@pytest.mark.parametrize("operation", sorted(READS))
+def test_one_read_is_one_body_and_the_caller_with_the_wallet_one_statement(
+    dba, app_url, make_key, operation: str
+) -> None:
+    _, key_hash, _ = make_key(["read"])
+    dba.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    alice = create_user(dba)
+    dba.execute("SELECT api.mint(%s, 1000)", (alice,))
+    statement, most = READS[operation]
+    with psycopg.connect(app_url) as app:
+        for _ in range(3):
+            app.execute(statement, {"a": alice, "h": key_hash})
+            app.commit()
+        dba.execute("SELECT pg_stat_statements_reset()")
+        before = function_calls(app)
+        app.execute(statement, {"a": alice, "h": key_hash})
+        after = function_calls(app)
+        app.commit()
+    functions = sorted(
+        (name, calls - before.get(name, 0))
+        for name, calls in after.items()
+        if calls != before.get(name)
+    )
+    nested = dba.execute(
+        "SELECT query, calls FROM pg_stat_statements WHERE NOT toplevel ORDER BY query"
+    ).fetchall()
+    assert sum(calls for _, calls in nested) == most, nested
+    assert functions == [(f"api.{operation}", 1)], functions
 
 
 def test_no_trigger_fires_on_insert(dba) -> None:

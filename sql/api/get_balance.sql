@@ -17,20 +17,9 @@ DECLARE
     _snapshot ledger.snapshots;
     _replayed record;
 BEGIN
-    -- One statement: who is calling (ledger.caller: the key, its permission, the rate limit) and
-    -- the user's open wallet with its balance. It only reads, so reading the wallet before a
-    -- refusal is raised discloses nothing; ledger.authorize and ledger.wallet_of would be two
-    -- more PL/pgSQL calls and three more statements (measured: 16% of a read's PostgreSQL CPU).
-    SELECT c.refusal, c.actor, c.key_name, c.rate_limit, c.current_count, c.previous_count, c.elapsed,
-           c.api_key_id, c.stale_last_used, w.account_id, w.username, w.balance, w.held, w.is_frozen,
-           w.updated_at
-      INTO _w
-      FROM ledger.caller(get_balance.api_key_hash, 'read', NULL, get_balance.correlation_id) c
-      LEFT JOIN (SELECT a.id AS account_id, u.username, b.balance, b.held, b.is_frozen, b.updated_at
-                   FROM ledger.users u
-                   JOIN ledger.accounts a ON a.user_id = u.id AND a.account_type = 'user_wallet'
-                   JOIN ledger.balances b ON b.account_id = a.id
-                  WHERE u.id = get_balance.user_id AND u.deleted_at IS NULL AND NOT u.is_system) w ON true;
+    -- One statement: who is calling and the user's open wallet (ledger.read_wallet).
+    SELECT * INTO _w
+      FROM ledger.read_wallet(get_balance.api_key_hash, get_balance.correlation_id, get_balance.user_id);
     IF _w.refusal IS NOT NULL THEN
         PERFORM ledger.refuse(_w.refusal, _w.actor, _w.key_name, 'read', _w.rate_limit, _w.current_count,
                               _w.previous_count, _w.elapsed);

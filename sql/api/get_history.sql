@@ -20,16 +20,10 @@ DECLARE
     _items json;
     _next text;
 BEGIN
-    -- One statement: who is calling (ledger.caller) and the user's open wallet, as in
-    -- api.get_balance; the errors keep their order (refusal, limit, cursor, user).
-    SELECT c.refusal, c.actor, c.key_name, c.rate_limit, c.current_count, c.previous_count, c.elapsed,
-           c.api_key_id, c.stale_last_used, w.account_id
-      INTO _w
-      FROM ledger.caller(get_history.api_key_hash, 'read', NULL, get_history.correlation_id) c
-      LEFT JOIN (SELECT a.id AS account_id
-                   FROM ledger.users u
-                   JOIN ledger.accounts a ON a.user_id = u.id AND a.account_type = 'user_wallet'
-                  WHERE u.id = get_history.user_id AND u.deleted_at IS NULL AND NOT u.is_system) w ON true;
+    -- One statement: who is calling and the user's open wallet (ledger.read_wallet).
+    -- The errors keep their order: refusal, limit, cursor, user.
+    SELECT * INTO _w
+      FROM ledger.read_wallet(get_history.api_key_hash, get_history.correlation_id, get_history.user_id);
     IF _w.refusal IS NOT NULL THEN
         PERFORM ledger.refuse(_w.refusal, _w.actor, _w.key_name, 'read', _w.rate_limit, _w.current_count,
                               _w.previous_count, _w.elapsed);
