@@ -64,21 +64,19 @@ def function_calls(conn: psycopg.Connection) -> dict[str, int]:
     return dict(rows)
 
 
-@pytest.mark.parametrize("operation", sorted(CALLS))
-def test_one_call_executes_the_lean_shape(dba, app_url, make_key, operation: str) -> None:
-    _, key_hash, _ = make_key(["admin"])
+def counted(
+    dba: psycopg.Connection, app_url: str, run: Callable[[psycopg.Connection], None]
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(functions called, nested statements) of the fourth run, as the application role: the
+    first three warm up (plans cached, the key's last_used_at fresh)."""
     dba.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-    alice, bob = create_user(dba), create_user(dba)
-    dba.execute("SELECT api.mint(%s, 1000)", (alice,))
-    statement, args = CALLS[operation](alice, bob)
     with psycopg.connect(app_url) as app:
-        # Warm up: plans cached, the key's last_used_at fresh.
         for _ in range(3):
-            assert call(app, statement, args, key_hash) == 201
+            run(app)
             app.commit()
         dba.execute("SELECT pg_stat_statements_reset()")
         before = function_calls(app)
-        assert call(app, statement, args, key_hash) == 201
+        run(app)
         after = function_calls(app)
         app.commit()
     functions = sorted(
@@ -89,12 +87,26 @@ def test_one_call_executes_the_lean_shape(dba, app_url, make_key, operation: str
     nested = dba.execute(
         "SELECT query, calls FROM pg_stat_statements WHERE NOT toplevel ORDER BY query"
     ).fetchall()
+    return functions, nested
+
+
+@pytest.mark.parametrize("operation", sorted(CALLS))
+def test_one_call_executes_the_lean_shape(dba, app_url, make_key, operation: str) -> None:
+    _, key_hash, _ = make_key(["admin"])
+    alice, bob = create_user(dba), create_user(dba)
+    dba.execute("SELECT api.mint(%s, 1000)", (alice,))
+    statement, args = CALLS[operation](alice, bob)
+
+    def run(app: psycopg.Connection) -> None:
+        assert call(app, statement, args, key_hash) == 201
+
+    functions, nested = counted(dba, app_url, run)
     assert sum(calls for _, calls in nested) <= MAX_NESTED_STATEMENTS, nested
     posting = "ledger.post_hold" if operation == "create_hold" else "ledger.post_transfer"
     assert functions == [(f"api.{operation}", 1), (posting, 1)], functions
 
 
-# A read: its statement, and how many nested statements it may run (the balance: the caller with
+# A read: its statement, and how many nested statements it runs (the balance: the caller with
 # the wallet; the history: that, then the page).
 READS: dict[str, tuple[str, int]] = {
     "get_balance": ("SELECT api.get_balance(%(a)s, api_key_hash => %(h)s)", 1),
@@ -107,28 +119,15 @@ def test_one_read_is_one_body_and_the_caller_with_the_wallet_one_statement(
     dba, app_url, make_key, operation: str
 ) -> None:
     _, key_hash, _ = make_key(["read"])
-    dba.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
     alice = create_user(dba)
     dba.execute("SELECT api.mint(%s, 1000)", (alice,))
-    statement, most = READS[operation]
-    with psycopg.connect(app_url) as app:
-        for _ in range(3):
-            app.execute(statement, {"a": alice, "h": key_hash})
-            app.commit()
-        dba.execute("SELECT pg_stat_statements_reset()")
-        before = function_calls(app)
+    statement, statements = READS[operation]
+
+    def run(app: psycopg.Connection) -> None:
         app.execute(statement, {"a": alice, "h": key_hash})
-        after = function_calls(app)
-        app.commit()
-    functions = sorted(
-        (name, calls - before.get(name, 0))
-        for name, calls in after.items()
-        if calls != before.get(name)
-    )
-    nested = dba.execute(
-        "SELECT query, calls FROM pg_stat_statements WHERE NOT toplevel ORDER BY query"
-    ).fetchall()
-    assert sum(calls for _, calls in nested) == most, nested
+
+    functions, nested = counted(dba, app_url, run)
+    assert sum(calls for _, calls in nested) == statements, nested
     assert functions == [(f"api.{operation}", 1)], functions
 
 
