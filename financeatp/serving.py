@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Mapping
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
@@ -38,6 +39,14 @@ def supervisor(config: uvicorn.Config, sock: socket.socket) -> Multiprocess:
     return Multiprocess(config, sockets=[sock])
 
 
+def trusted_proxies(env: Mapping[str, str] = os.environ) -> str | None:
+    """FORWARDED_ALLOW_IPS: the proxies whose X-Forwarded-For and X-Forwarded-Proto name the
+    client (uvicorn's format: addresses or networks, comma-separated; * for any). Unset: none, and
+    the client is the connection's peer. The address goes into audit rows, so a caller is not
+    believed about it unless it is named here (uvicorn's own default would believe 127.0.0.1)."""
+    return env.get("FORWARDED_ALLOW_IPS", "").strip() or None
+
+
 def serve(host: str, port: int, workers: int) -> None:
     metrics_dir = None
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -51,6 +60,8 @@ def serve(host: str, port: int, workers: int) -> None:
         log_config=LOG_CONFIG,
         access_log=False,
         server_header=False,
+        proxy_headers=trusted_proxies() is not None,
+        forwarded_allow_ips=trusted_proxies(),
         timeout_graceful_shutdown=10,
         # Longer than clients keep idle connections (httpx 5 s, Node 4 s, nginx 60 s), so that
         # a client never sends a request on a connection the server is closing.

@@ -17,7 +17,7 @@ import httpx
 import psycopg
 import pytest
 from conftest import TEMPLATE, Cluster, key_hash, url
-from http_fixtures import Api, cluster_log, start_server
+from http_fixtures import Api, cluster_log, serve_fresh_database, start_server
 
 from financeatp.operations import OPERATIONS, Operation
 
@@ -566,6 +566,40 @@ def test_correlation_id_round_trip(api: Api, admin_key: str) -> None:
         api.client.get("/healthz", headers={"X-Correlation-Id": cid}),
     ):
         assert response.headers["x-correlation-id"] == cid
+
+
+def test_forwarded_for_is_believed_only_from_named_proxies(
+    api: Api, admin_key: str, cluster: Cluster, tmp_path: Any
+) -> None:
+    """The client an audit row and the access line name is the connection's peer; a caller's
+    X-Forwarded-For is believed only when that peer is one of FORWARDED_ALLOW_IPS."""
+
+    def minted_from(server: Api, key: str) -> tuple[str, str]:
+        cid = f"fwd-{uuid.uuid4()}"
+        user = server.new_user(key)["user_id"]
+        minted = server.request(
+            "POST",
+            "/admin/mint",
+            key,
+            {"to_user_id": user, "amount": "1"},
+            correlation_id=cid,
+            headers={"X-Forwarded-For": "203.0.113.7"},
+        )
+        assert minted.status_code == 201, minted.text
+        row = server.dba.execute(
+            "SELECT host(client_addr) FROM ledger.audit_log WHERE correlation_id = %s", [cid]
+        ).fetchone()
+        assert row is not None
+        return row[0], server.server.access_log(cid)["client"]
+
+    assert minted_from(api, admin_key) == ("127.0.0.1", "127.0.0.1")
+    with serve_fresh_database(
+        cluster, tmp_path / "server.log", MAINTENANCE_INTERVAL="0", FORWARDED_ALLOW_IPS="127.0.0.1"
+    ) as behind_proxy:
+        assert minted_from(behind_proxy, behind_proxy.key(["admin"])) == (
+            "203.0.113.7",
+            "203.0.113.7",
+        )
 
 
 def test_connections_lost_while_idle_are_replaced(api: Api, admin_key: str) -> None:
