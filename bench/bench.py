@@ -55,9 +55,12 @@ FRESH_RUNS = (
 )
 LARGE_RUNS = ("http_transfer_large", "http_history_large")
 ALL_RUNS = FRESH_RUNS + LARGE_RUNS
-# Not a goal and not in results.json's "runs": a request that reaches no database, so that the
-# server's CPU per request in the HTTP runs can be read against the server's own floor.
-REFERENCE_RUNS = ("http_healthz",)
+# Not goals and not in results.json's "runs": a request that reaches no database, so that the
+# server's CPU per request in the HTTP runs can be read against the server's own floor; and the
+# baseline once more at the end, whose ratio to the first says how far the machine drifted while
+# the runs between them were measured against that first one.
+DRIFT_RUN = "baseline_again"
+REFERENCE_RUNS = ("http_healthz", DRIFT_RUN)
 KNOWN_RUNS = ALL_RUNS + REFERENCE_RUNS
 
 DESCRIPTIONS = {
@@ -71,6 +74,7 @@ DESCRIPTIONS = {
     "http_transfer_large": "wrk: POST /transfers, large store",
     "http_history_large": "wrk: GET /users/{id}/history?limit=20, large store",
     "http_healthz": "wrk: GET /healthz, no database (the server's floor)",
+    DRIFT_RUN: "pgbench: the baseline again, last (how far the machine drifted)",
 }
 
 
@@ -530,6 +534,8 @@ class CpuMeter:
         snap["machine_total"] = sum(values[:8])
         snap["machine_idle"] = values[3]
         snap["machine_iowait"] = values[4]
+        # Time the hypervisor ran another machine while this one had work: cores it did not get.
+        snap["machine_steal"] = values[7] if len(values) > 7 else 0
         return snap
 
     @contextlib.contextmanager
@@ -541,10 +547,12 @@ class CpuMeter:
         total = after["machine_total"] - before["machine_total"] or 1
         idle = after["machine_idle"] - before["machine_idle"]
         iowait = after["machine_iowait"] - before["machine_iowait"]
+        steal = after["machine_steal"] - before["machine_steal"]
         cores = os.cpu_count() or 1
         usage: dict[str, Any] = {
             "machine_busy": round(1 - (idle + iowait) / total, 3),
             "machine_iowait": round(iowait / total, 3),
+            "machine_steal": round(steal / total, 3),
         }
         accounted = 0.0
         for part in ("server", "postgres", "loadgen"):
@@ -553,8 +561,9 @@ class CpuMeter:
                 usage[f"{part}_cores"] = round(seconds / wall, 2) if wall else 0
                 accounted += usage[f"{part}_cores"]
         # Busy cores nobody above accounts for: the kernel's own threads, this script, and
-        # anything else running on the machine (a noisy neighbour shows up here).
-        busy_cores = (1 - (idle + iowait) / total) * (os.cpu_count() or 1)
+        # anything else running on the machine. Stolen time is not counted busy here: it is
+        # its own column (a neighbour on the same host).
+        busy_cores = (1 - (idle + iowait + steal) / total) * (os.cpu_count() or 1)
         usage["other_cores"] = round(max(0.0, busy_cores - accounted), 2)
         # Per server process: whether the workers share the load (connections are accepted
         # by whichever worker is first, and keep-alive connections stay with it).
@@ -911,7 +920,7 @@ class Bench:
         config = self.config
         pg_vars = {"users": str(config.users)}
         measure: Callable[[int], Result]
-        if name == "baseline":
+        if name in ("baseline", DRIFT_RUN):
 
             def measure(s: int) -> Result:
                 return pgbench(self.cluster, name, BENCH / "baseline.sql", "postgres",
@@ -965,7 +974,7 @@ class Bench:
             f"errors {result.errors}; cores used: server {cpu.get('server_cores', '-')}, "
             f"postgres {cpu.get('postgres_cores', '-')}, load {cpu.get('loadgen_cores')}; "
             f"machine busy {cpu.get('machine_busy', 0):.0%}, "
-            f"iowait {cpu.get('machine_iowait', 0):.0%}"
+            f"iowait {cpu.get('machine_iowait', 0):.0%}, steal {cpu.get('machine_steal', 0):.0%}"
         )
 
     def seed_large(self) -> None:
@@ -1030,6 +1039,7 @@ class Bench:
             for name in LARGE_RUNS:
                 self.measure(name)
             self.stop_server()
+        self.measure(DRIFT_RUN)
 
     # reporting
 
@@ -1045,7 +1055,8 @@ class Bench:
             if r is None:
                 continue
             # A reference run is no transfer: its rate against the baseline's would mean nothing.
-            ratio = f"{r.rps / base.rps:.2f}" if base and base.rps and name in ALL_RUNS else "-"
+            has_ratio = name in ALL_RUNS or name == DRIFT_RUN
+            ratio = f"{r.rps / base.rps:.2f}" if base and base.rps and has_ratio else "-"
             cpu = " | ".join(ms_text(r.cpu_ms_per_request(part)) for part in ("server", "postgres"))
             lines.append(
                 f"| {name} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {ratio} "
@@ -1081,8 +1092,8 @@ class Bench:
         """Where the CPU went in each run: cores used by each part, and CPU ms per request."""
         lines = [
             "| run | server cores | postgres cores | load generator cores | other cores "
-            "| machine busy | iowait | server ms/req | postgres ms/req |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| machine busy | iowait | steal | server ms/req | postgres ms/req |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for name in KNOWN_RUNS:
             r = self.results.get(name)
@@ -1098,6 +1109,7 @@ class Bench:
                 f"| {name} | {cores('server')} | {cores('postgres')} | {cores('loadgen')} "
                 f"| {cores('other')} "
                 f"| {cpu['machine_busy']:.0%} | {cpu['machine_iowait']:.0%} "
+                f"| {cpu.get('machine_steal', 0):.0%} "
                 f"| {ms_text(r.cpu_ms_per_request('server'))} "
                 f"| {ms_text(r.cpu_ms_per_request('postgres'))} |"
             )
@@ -1161,6 +1173,12 @@ class Bench:
             check("each server process < 200 MB resident", mb < 200, f"largest {mb:.0f} MB")
         errors = sum(x.errors for x in r.values())
         check("zero errors in every run", errors == 0, str(errors))
+        drift = ratio(DRIFT_RUN, "baseline")
+        if drift is not None:
+            out.append(
+                f"info  the baseline, run again last, made {drift:.2f} of its first rate: the"
+                " machine's drift during the runs measured against the first"
+            )
         return out
 
     def report(self, started: dt.datetime) -> None:
@@ -1353,12 +1371,13 @@ def update_main_readme(results: dict[str, Any], goals: list[str]) -> None:
     results.json holds, so that the README shows the run that wrote results.json."""
     base = results["runs"].get("baseline", {}).get("rps") or 0
     rows = [
-        (name, run, f"{run['rps'] / base:.2f}" if base and reference == "" else "-", reference)
+        (name, run, f"{run['rps'] / base:.2f}" if base and has_ratio else "-", reference)
         for runs, reference in (
             (results["runs"], ""),
             (results.get("reference_runs", {}), "reference, not a goal: "),
         )
         for name, run in runs.items()
+        for has_ratio in [reference == "" or name == DRIFT_RUN]
     ]
     write_block(ROOT / "README.md", "latest", [
         f"Latest full run, written by `make bench` from `bench/results.json`: {results['date']}, "
