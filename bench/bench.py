@@ -812,13 +812,6 @@ class Bench:
         (OUT / "server.log").unlink(missing_ok=True)
         self.stack.callback(self.cleanup_cluster)
         self.cluster.create()
-        if self.config.fsync_probe > 0:
-            self.disk = fsync_probe(self.cluster.home, self.config.fsync_probe)
-            say(
-                f"disk: {self.disk['syncs']} fdatasync of 8 kB in {self.disk['seconds']} s, "
-                f"p50 {self.disk['p50_ms']} ms, p99.9 {self.disk['p99.9_ms']} ms, "
-                f"max {self.disk['max_ms']} ms, {self.disk['stalls_over_100ms']} over 100 ms"
-            )
         self.cluster.start()
         with self.cluster.connect("postgres") as conn:
             conn.execute(f"CREATE DATABASE {DATABASE}")
@@ -826,6 +819,18 @@ class Bench:
         self.profiler.setup()
         self.timed("seed users", self.seed_users)
         self.write_users_lua()
+
+    def probe_disk(self) -> None:
+        """After the runs: a probe before them left the host writing back for a minute, which
+        took 14-24% of the first baseline's machine as stolen time (bench/README.md)."""
+        if self.config.fsync_probe <= 0:
+            return
+        self.disk = fsync_probe(self.cluster.home, self.config.fsync_probe)
+        say(
+            f"disk: {self.disk['syncs']} fdatasync of 8 kB in {self.disk['seconds']} s, "
+            f"p50 {self.disk['p50_ms']} ms, p99.9 {self.disk['p99.9_ms']} ms, "
+            f"max {self.disk['max_ms']} ms, {self.disk['stalls_over_100ms']} over 100 ms"
+        )
 
     def cleanup_cluster(self) -> None:
         self.cluster.stop()
@@ -1040,6 +1045,7 @@ class Bench:
                 self.measure(name)
             self.stop_server()
         self.measure(DRIFT_RUN)
+        self.probe_disk()
 
     # reporting
 
@@ -1281,7 +1287,7 @@ def disk_text(disk: dict[str, Any]) -> str:
     if not disk:
         return "disk: not probed"
     return (
-        f"disk (the cluster's filesystem, before the runs): 8 kB write + fdatasync "
+        f"disk (the cluster's filesystem, after the runs): 8 kB write + fdatasync "
         f"p50 {disk['p50_ms']} ms, p99.9 {disk['p99.9_ms']} ms, max {disk['max_ms']} ms, "
         f"{disk['stalls_over_100ms']} stalls over 100 ms in {disk['seconds']} s"
     )
