@@ -57,8 +57,8 @@ LARGE_RUNS = ("http_transfer_large", "http_history_large")
 ALL_RUNS = FRESH_RUNS + LARGE_RUNS
 # Not goals and not in results.json's "runs": a request that reaches no database, so that the
 # server's CPU per request in the HTTP runs can be read against the server's own floor; and the
-# baseline once more at the end, whose ratio to the first says how far the machine drifted while
-# the runs between them were measured against that first one.
+# baseline once more at the end: ratios are to the better of the baseline's two runs, and the
+# second's rate over the first's is how far the machine drifted in between.
 DRIFT_RUN = "baseline_again"
 REFERENCE_RUNS = ("http_healthz", DRIFT_RUN)
 KNOWN_RUNS = ALL_RUNS + REFERENCE_RUNS
@@ -1069,7 +1069,8 @@ class Bench:
             r = self.results.get(name)
             if r is None:
                 continue
-            # A reference run is no transfer: its rate against the baseline's would mean nothing.
+            # A reference run is no transfer: its rate against the baseline's would mean nothing,
+            # except for the baseline's own second run.
             has_ratio = name in ALL_RUNS or name == DRIFT_RUN
             ratio = f"{r.rps / base:.2f}" if base and has_ratio else "-"
             cpu = " | ".join(ms_text(r.cpu_ms_per_request(part)) for part in ("server", "postgres"))
