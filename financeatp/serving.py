@@ -48,6 +48,7 @@ def trusted_proxies(env: Mapping[str, str] = os.environ) -> str | None:
 
 
 def serve(host: str, port: int, workers: int) -> None:
+    proxies = trusted_proxies()
     metrics_dir = None
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics_dir = tempfile.mkdtemp(prefix="financeatp-metrics-")
@@ -60,8 +61,8 @@ def serve(host: str, port: int, workers: int) -> None:
         log_config=LOG_CONFIG,
         access_log=False,
         server_header=False,
-        proxy_headers=trusted_proxies() is not None,
-        forwarded_allow_ips=trusted_proxies(),
+        proxy_headers=proxies is not None,
+        forwarded_allow_ips=proxies,
         timeout_graceful_shutdown=10,
         # Longer than clients keep idle connections (httpx 5 s, Node 4 s, nginx 60 s), so that
         # a client never sends a request on a connection the server is closing.
