@@ -70,9 +70,13 @@ AS $$
                r.previous_count,
                r.elapsed,
                k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute' AS stale_last_used
+          -- OFFSET 0 here and at the end keeps each subquery's columns computed once: flattened,
+          -- every reference would copy the expression (the refusal's CASE twice, the minute's
+          -- arithmetic ten times), and expressions are compiled at every execution.
           -- SET ROLE changes the caller without changing session_user; both count.
           FROM (SELECT COALESCE(NULLIF(current_setting('role'), 'none'), session_user) COLLATE "default" AS actor,
-                       floor(extract(epoch FROM now()) / 60)::bigint AS minute) w
+                       floor(extract(epoch FROM now()) / 60)::bigint AS minute
+                OFFSET 0) w
           LEFT JOIN ledger.api_keys k ON k.key_hash = lower(caller.api_key_hash)
           -- Counted only for a live key with the permission (a volatile subquery is run once).
           LEFT JOIN LATERAL (
@@ -96,5 +100,6 @@ AS $$
              WHERE k.is_active AND (k.expires_at IS NULL OR k.expires_at > now())
                AND ('admin' = ANY (k.permissions) OR caller.permission = ANY (k.permissions))
           ) r ON true
+        OFFSET 0
       ) c
 $$;
