@@ -1069,10 +1069,7 @@ class Bench:
             r = self.results.get(name)
             if r is None:
                 continue
-            # A reference run is no transfer: its rate against the baseline's would mean nothing,
-            # except for the baseline's own second run.
-            has_ratio = name in ALL_RUNS or name == DRIFT_RUN
-            ratio = f"{r.rps / base:.2f}" if base and has_ratio else "-"
+            ratio = f"{r.rps / base:.2f}" if base and has_ratio(name) else "-"
             cpu = " | ".join(ms_text(r.cpu_ms_per_request(part)) for part in ("server", "postgres"))
             lines.append(
                 f"| {name} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {ratio} "
@@ -1294,6 +1291,12 @@ def disk_text(disk: dict[str, Any]) -> str:
     )
 
 
+def has_ratio(name: str) -> bool:
+    """Whether a run's rate is shown against the baseline's: not for a reference run, which is no
+    transfer, except the baseline's own second run."""
+    return name in ALL_RUNS or name == DRIFT_RUN
+
+
 def recorded_baseline_rps(results: dict[str, Any]) -> float:
     """The ratios' denominator as results.json records it (older files: the first baseline's)."""
     recorded = results.get("baseline_rps") or results["runs"].get("baseline", {}).get("rps")
@@ -1396,13 +1399,12 @@ def update_main_readme(results: dict[str, Any], goals: list[str]) -> None:
     results.json holds, so that the README shows the run that wrote results.json."""
     base = recorded_baseline_rps(results)
     rows = [
-        (name, run, f"{run['rps'] / base:.2f}" if base and has_ratio else "-", reference)
+        (name, run, f"{run['rps'] / base:.2f}" if base and has_ratio(name) else "-", reference)
         for runs, reference in (
             (results["runs"], ""),
             (results.get("reference_runs", {}), "reference, not a goal: "),
         )
         for name, run in runs.items()
-        for has_ratio in [reference == "" or name == DRIFT_RUN]
     ]
     write_block(ROOT / "README.md", "latest", [
         f"Latest full run, written by `make bench` from `bench/results.json`: {results['date']}, "
