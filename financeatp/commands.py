@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from financeatp.embedded import Embedded, embedded_database, migrate, say
-from financeatp.serving import default_workers, serve
+from financeatp.serving import default_workers, exit_on_sigterm, serve
 
 
 def create_key(
@@ -112,6 +112,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    exit_on_sigterm()  # from here on, a stop releases the embedded database too
     try:
         args.handler(args)
     except psycopg.Error as exc:

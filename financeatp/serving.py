@@ -5,9 +5,11 @@ from __future__ import annotations
 import inspect
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import Mapping
+from types import FrameType
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
@@ -45,6 +47,19 @@ def trusted_proxies(env: Mapping[str, str] = os.environ) -> str | None:
     the client is the connection's peer. The address goes into audit rows, so a caller is not
     believed about it unless it is named here (uvicorn's own default would believe 127.0.0.1)."""
     return env.get("FORWARDED_ALLOW_IPS", "").strip() or None
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (a service manager's stop) leaves through Python's exit, so that what the command
+    holds is released: the embedded PostgreSQL of `run`, `migrate` and `api-key` is stopped, the
+    workers' metrics directory deleted. uvicorn serving in this process shuts down gracefully on
+    SIGTERM and then raises the signal again under the handler it found: with the default one, the
+    process would die there, leaving the embedded PostgreSQL running without its server."""
+    signal.signal(signal.SIGTERM, terminated)
+
+
+def terminated(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)  # a stop asked for, and done: as the supervisor of several workers exits
 
 
 def serve(host: str, port: int, workers: int) -> None:
