@@ -1,7 +1,8 @@
 """`make run` as a user runs it: from a clean copy of the checkout, with DATABASE_URL unset (the
 embedded PostgreSQL in .pgdata/) or set; a real HTTP call; Ctrl-C (SIGINT to the foreground
-process group) stops uvicorn and PostgreSQL cleanly. The copy reuses this checkout's virtualenv
-(VENV=...) so that the test does not download every package again."""
+process group) or a service manager's SIGTERM stops uvicorn and PostgreSQL cleanly. The copy
+reuses this checkout's virtualenv (VENV=...) so that the test does not download every package
+again."""
 
 from __future__ import annotations
 
@@ -173,40 +174,28 @@ def test_make_run_embedded(checkout: Path) -> None:
     assert KEY.fullmatch(made.stdout.strip().splitlines()[-1]), made.stdout
     assert not (data / "postmaster.pid").exists()
 
-    # A second start migrates again and prints no new admin key.
-    again = Running(checkout)
+    # A second start migrates again and prints no new admin key. This time a service manager runs
+    # `python app.py run` and stops it with SIGTERM. With one worker, uvicorn serves in that
+    # process, shuts down gracefully and raises the signal again: the embedded PostgreSQL must be
+    # stopped all the same, not left running without its server. (With several workers uvicorn's
+    # supervisor takes SIGTERM itself and returns; this passed with WORKERS=2 too.)
+    again = Running(checkout, workers=1, make=False)
     try:
         again.wait_ready()
         assert create_user(again.url, made.stdout.strip().splitlines()[-1]).status_code == 201
         assert not KEY.search(again.text())
+        again.process.send_signal(signal.SIGTERM)
+        assert again.process.wait(timeout=60) == 0, again.text()
     finally:
-        again.ctrl_c()
-    stopped_cleanly(again.text())
-
-
-def test_sigterm_stops_the_embedded_postgresql(checkout: Path) -> None:
-    """A service manager stops `python app.py run` with SIGTERM. With one worker, uvicorn serves in
-    that process, shuts down gracefully, and raises the signal again: the embedded PostgreSQL must
-    be stopped all the same, not left running without its server. (With several workers, uvicorn's
-    supervisor takes SIGTERM itself and returns; the same test passed with WORKERS=2.)"""
-    run = Running(checkout, workers=1, make=False)
-    data = checkout / ".pgdata" / "data"
-    try:
-        run.wait_ready()
-        run.process.send_signal(signal.SIGTERM)
-        status = run.process.wait(timeout=60)
-    finally:
-        if run.process.poll() is None:
-            os.killpg(run.process.pid, signal.SIGKILL)
-            run.process.wait()
+        if again.process.poll() is None:
+            again.ctrl_c()
         left = data / "postmaster.pid"
         postmaster = int(left.read_text().split()[0]) if left.exists() else None
-        if postmaster is not None:  # a failed run: do not leave the cluster behind
+        if postmaster is not None:  # a failed stop: do not leave the cluster behind
             with contextlib.suppress(ProcessLookupError):
                 os.kill(postmaster, signal.SIGQUIT)
-    assert status == 0, run.text()
-    assert postmaster is None, run.text()
-    stopped_cleanly(run.text())
+    assert postmaster is None, again.text()
+    stopped_cleanly(again.text())
 
 
 def test_make_run_with_database_url(checkout: Path, cluster: Cluster) -> None:
