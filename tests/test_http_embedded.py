@@ -64,16 +64,16 @@ def make(checkout: Path, *args: str, **env: str) -> subprocess.CompletedProcess[
 
 
 class Running:
-    """`make run` in its own process group, as a terminal would start it; or, with make=False,
+    """`make run` in its own process group, as a terminal would start it; or, with via_make=False,
     the command it runs (`python app.py run`), as a service manager would."""
 
-    def __init__(self, checkout: Path, workers: int = 2, make: bool = True, **env: str) -> None:
+    def __init__(self, checkout: Path, workers: int = 2, via_make: bool = True, **env: str) -> None:
         self.port = free_port()
         self.workers = workers
         self.output = checkout / "make-run.out"
         command = (
             ["make", "--no-print-directory", "run", f"VENV={ROOT / '.venv'}"]
-            if make
+            if via_make
             else [str(ROOT / ".venv" / "bin" / "python"), "app.py", "run"]
         )
         with self.output.open("wb") as out:
@@ -179,7 +179,7 @@ def test_make_run_embedded(checkout: Path) -> None:
     # process, shuts down gracefully and raises the signal again: the embedded PostgreSQL must be
     # stopped all the same, not left running without its server. (With several workers uvicorn's
     # supervisor takes SIGTERM itself and returns; this passed with WORKERS=2 too.)
-    again = Running(checkout, workers=1, make=False)
+    again = Running(checkout, workers=1, via_make=False)
     try:
         again.wait_ready()
         assert create_user(again.url, made.stdout.strip().splitlines()[-1]).status_code == 201
