@@ -50,7 +50,7 @@ from financeatp.observe import (
 )
 from financeatp.openapi import DOCS_PAGE, openapi_text
 from financeatp.operations import OPERATIONS, ErrorCode, Operation
-from financeatp.pgcall import Row, Statement, fetch_row
+from financeatp.pgcall import Connection, Row, Statement, fetch_row
 from financeatp.routing import routing_path
 from financeatp.values import clean_text, field_value, parse_object, read_body, uuid_text
 
@@ -386,6 +386,7 @@ async def configure_connection(role: str, conn: psycopg.AsyncConnection[Any]) ->
 def make_pool(settings: Settings) -> AsyncConnectionPool[Any]:
     return AsyncConnectionPool(
         settings.database_url,
+        connection_class=Connection,  # keeps its socket's reader between calls (pgcall.py)
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         timeout=settings.pool_timeout,
