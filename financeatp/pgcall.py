@@ -17,8 +17,9 @@ non-blocking again, and removes it three times over), 6-8% of a request's server
 (bench/README.md, eleventh pass). A reader must never outlive its socket: once the socket is
 closed, its number goes to the next socket opened, and the event loop, believing that number
 watched already, would never report it. So the reader goes when the socket turns readable with
-no call waiting (a notice, or the server closing it), when a call fails (libpq closes the socket
-of a connection it found lost), and before the connection closes.
+no call waiting (a notice, or the server closing it), when a call finds the connection lost
+(libpq closes its socket then), before psycopg's own waits on the connection, and before the
+connection closes.
 """
 
 from __future__ import annotations
