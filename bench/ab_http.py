@@ -55,16 +55,21 @@ def summary(rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
     return out
 
 
+def ab_checkouts() -> dict[str, Path]:
+    """BENCH_AB_A (required) and BENCH_AB_B (this checkout), the two versions compared."""
+    return {
+        "A": Path(os.environ["BENCH_AB_A"]).resolve(),
+        "B": Path(os.environ.get("BENCH_AB_B", harness.ROOT)).resolve(),
+    }
+
+
 def main() -> None:
     os.environ.setdefault("BENCH_WORKERS", "1")
     os.environ.setdefault("BENCH_USERS", "1000")
     os.environ.setdefault("BENCH_SECONDS", "10")
     os.environ.setdefault("BENCH_WARMUP", "2")
     os.environ.setdefault("BENCH_FSYNC_PROBE", "0")
-    checkouts = {
-        "A": Path(os.environ["BENCH_AB_A"]).resolve(),
-        "B": Path(os.environ.get("BENCH_AB_B", harness.ROOT)).resolve(),
-    }
+    checkouts = ab_checkouts()
     runs = os.environ.get("BENCH_AB_RUNS", "http_balance,http_transfer").split(",")
     rounds = int(os.environ.get("BENCH_AB_ROUNDS", "3"))
     results: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in runs}

@@ -32,6 +32,7 @@ from types import ModuleType
 from typing import Any
 
 import uvloop
+from ab_http import ab_checkouts
 
 import bench as harness
 
@@ -147,10 +148,7 @@ async def measure(
 def main() -> None:
     os.environ.setdefault("BENCH_USERS", "1000")
     os.environ.setdefault("BENCH_FSYNC_PROBE", "0")
-    checkouts = {
-        "A": Path(os.environ["BENCH_AB_A"]).resolve(),
-        "B": Path(os.environ.get("BENCH_AB_B", harness.ROOT)).resolve(),
-    }
+    checkouts = ab_checkouts()
     kinds = os.environ.get("BENCH_AB_KINDS", "healthz,nokey,balance,transfer").split(",")
     n = int(os.environ.get("BENCH_AB_REQUESTS", "5000"))
     package = Path(os.environ.get("BENCH_AB_PACKAGE", checkouts["B"])).resolve()
