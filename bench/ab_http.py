@@ -1,6 +1,7 @@
 """Short interleaved A/B runs of two versions of the HTTP layer on one temporary cluster: the
-server's and PostgreSQL's CPU per request, as ratios B/A (the machine is shared: absolute
-numbers drift between minutes, ratios of runs taken side by side drift much less).
+server's and PostgreSQL's CPU per request, the rate and wrk's p99, as ratios B/A (the machine
+is shared: absolute numbers drift between minutes, ratios of runs taken side by side drift
+much less).
 
     BENCH_AB_A=/tmp/old BENCH_AB_B=. .venv/bin/python bench/ab_http.py
 
@@ -34,6 +35,7 @@ def side(bench: harness.Bench, label: str, checkout: Path, name: str) -> dict[st
     result = bench.results.pop(name)
     return {
         "rps": result.rps,
+        "p99_ms": result.p99_ms,
         "errors": result.errors,
         "server_ms": result.cpu_ms_per_request("server") or 0.0,
         "postgres_ms": result.cpu_ms_per_request("postgres") or 0.0,
@@ -42,7 +44,7 @@ def side(bench: harness.Bench, label: str, checkout: Path, name: str) -> dict[st
 
 def summary(rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for metric in ("server_ms", "postgres_ms", "rps"):
+    for metric in ("server_ms", "postgres_ms", "rps", "p99_ms"):
         a = [r["A"][metric] for r in rounds]
         b = [r["B"][metric] for r in rounds]
         ratios = [y / x for x, y in zip(a, b, strict=True) if x]
