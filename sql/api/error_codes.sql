@@ -10,7 +10,7 @@ AS $$
         ('L4001', 400, 'invalid_request', 'The request is malformed or a value breaks a rule.'),
         ('L4002', 400, 'insufficient_balance', 'The paying wallet holds less than the amount.'),
         ('L4003', 400, 'account_frozen', 'A wallet of the transaction is frozen.'),
-        ('L4004', 400, 'balance_limit_exceeded', 'A balance would exceed 1,000,000,000,000 ATP.'),
+        ('L4004', 400, 'balance_limit_exceeded', 'A balance would exceed 1,000,000,000,000 ATP (or the total issued its bound, 9,999,999,999,999.99999999).'),
         ('L4006', 400, 'refund_exceeds_transfer', 'The refunds of a transfer would add up to more than the transfer.'),
         ('L4011', 401, 'invalid_api_key', 'The API key is missing, unknown, revoked or expired.'),
         ('L4031', 403, 'permission_denied', 'The API key lacks the permission this call needs.'),

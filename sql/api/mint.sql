@@ -72,9 +72,12 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found', mint.to_user_id);
     ELSIF _wallet.is_frozen THEN
         RAISE EXCEPTION USING ERRCODE = 'L4003', MESSAGE = format('the wallet of user %s is frozen', mint.to_user_id);
-    ELSIF greatest(_issued.balance, _wallet.balance) + mint.amount > 1000000000000 THEN
+    ELSIF _wallet.balance + mint.amount > 1000000000000 THEN
         RAISE EXCEPTION USING ERRCODE = 'L4004',
             MESSAGE = 'this would take a balance above the limit of 1000000000000 ATP';
+    ELSIF _issued.balance + mint.amount > 9999999999999.99999999 THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4004',
+            MESSAGE = 'this would take the total issued above its limit of 9999999999999.99999999 ATP';
     END IF;
 
     _id := ledger.uuid_v7();

@@ -131,16 +131,18 @@ BEGIN
         'unbalanced_journals', _journals,
         'held_mismatches', _held,
         'over_refunded', _refunds,
+        -- Totals over all of history grow without bound (every transfer adds to both sides), so
+        -- they are shown with 8 decimals by round, not cast to the ledger's amount type.
         'trial_balance', jsonb_build_object(
-            'debit_normal_balances', _totals.debit_normal::numeric(21, 8)::text,
-            'credit_normal_balances', _totals.credit_normal::numeric(21, 8)::text,
-            'total_debits', _supply.debits::numeric(21, 8)::text,
-            'total_credits', _supply.credits::numeric(21, 8)::text),
+            'debit_normal_balances', round(_totals.debit_normal, 8)::text,
+            'credit_normal_balances', round(_totals.credit_normal, 8)::text,
+            'total_debits', round(_supply.debits, 8)::text,
+            'total_credits', round(_supply.credits, 8)::text),
         'supply', jsonb_build_object(
-            'minted', _supply.minted::numeric(21, 8)::text,
-            'burned', _supply.burned::numeric(21, 8)::text,
-            'held', _totals.credit_normal::numeric(21, 8)::text,
-            'in_wallets', _totals.wallets::numeric(21, 8)::text));
+            'minted', round(_supply.minted, 8)::text,
+            'burned', round(_supply.burned, 8)::text,
+            'held', round(_totals.credit_normal, 8)::text,
+            'in_wallets', round(_totals.wallets, 8)::text));
 END
 $$;
 

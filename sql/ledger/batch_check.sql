@@ -1,8 +1,9 @@
 -- The checks of a batch under its locks, in leg order: the paying account (debit_user's
 -- debit_type) exists and is not frozen; then, leg by leg, the receiver exists and is not frozen,
--- the paying account still covers the legs so far (its available balance, or the 10^12 limit
--- for the issuer) and the receiver stays within the limit. The first problem raises its error,
--- naming the leg (DETAIL {"index": n}) when a leg caused it; nothing is returned otherwise.
+-- the paying account still covers the legs so far (its available balance, or for the issuer
+-- the bound of what can be issued, below 10^13) and the receiver stays within the 10^12 limit.
+-- The first problem raises its error, naming the leg (DETAIL {"index": n}) when a leg caused it;
+-- nothing is returned otherwise.
 CREATE OR REPLACE FUNCTION ledger.batch_check(
     what text,
     legs ledger.batch_leg[],
@@ -20,7 +21,8 @@ BEGIN
     SELECT * INTO _p FROM (
         SELECT -1 AS n,
                CASE WHEN d.account_id IS NULL THEN 'L4041' WHEN d.is_frozen THEN 'L4003' END AS code,
-               batch_check.debit_user AS user_id, NULL::numeric AS available, NULL::numeric AS needed
+               batch_check.debit_user AS user_id, NULL::numeric AS available, NULL::numeric AS needed,
+               false AS issuer
           FROM (SELECT 1) one
           LEFT JOIN unnest(batch_check.locked) d
             ON d.user_id = batch_check.debit_user AND d.account_type = batch_check.debit_type
@@ -29,9 +31,10 @@ BEGIN
                CASE WHEN x.account_id IS NULL THEN 'L4041'
                     WHEN x.is_frozen THEN 'L4003'
                     WHEN x.debit_after < x.debit_held THEN 'L4002'
-                    WHEN x.debit_after > 1000000000000 OR x.credit_after > 1000000000000 THEN 'L4004'
+                    WHEN x.credit_after > 1000000000000 THEN 'L4004'
+                    WHEN x.debit_after > 9999999999999.99999999 THEN 'L4004'  -- the issuer's count
                END,
-               x.user_id, x.debit_balance - x.debit_held, x.needed
+               x.user_id, x.debit_balance - x.debit_held, x.needed, x.credit_after <= 1000000000000 AS issuer
           FROM (
             SELECT l.n, l.user_id, r.account_id, r.is_frozen, d.held AS debit_held, d.balance AS debit_balance,
                    sum(l.amount) OVER (ORDER BY l.n) AS needed,
@@ -65,6 +68,8 @@ BEGIN
             WHEN 'L4002' THEN format('insufficient balance: user %s has %s ATP available, %s ATP needed by the '
                                      'legs up to this one', batch_check.debit_user, _p.available::numeric(21, 8),
                                      _p.needed::numeric(21, 8))
-            ELSE 'this would take a balance above the limit of 1000000000000 ATP' END;
+            ELSE CASE WHEN _p.issuer THEN 'this would take the total issued above its limit of '
+                                          '9999999999999.99999999 ATP'
+                      ELSE 'this would take a balance above the limit of 1000000000000 ATP' END END;
 END
 $$;

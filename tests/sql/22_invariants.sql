@@ -209,8 +209,8 @@ SELECT is((SELECT (m -> 'replayed' ->> 'balance')::numeric FROM jsonb_array_elem
             WHERE m ->> 'account_id' = current_setting('tap.wa')),
           -0.00000001, 'which shows the negative replayed balance');
 ROLLBACK TO SAVEPOINT attack;
-SELECT throws_ok($$SELECT * FROM api.mint(current_setting('tap.d')::uuid, 1000000000000)$$,
-                 'L4004', NULL, 'api.mint refuses to take the issued total above 10^12');
+SELECT throws_ok($$SELECT * FROM api.mint(current_setting('tap.a')::uuid, 1000000000000)$$,
+                 'L4004', NULL, 'api.mint refuses to take a wallet above 10^12');
 SELECT is(pg_temp.wallet_bal('a'), 707.375, 'the refused calls changed nothing');
 
 -- ---------------------------------------------------------------------------------------
