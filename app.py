@@ -52,7 +52,7 @@ from financeatp.openapi import DOCS_PAGE, openapi_text
 from financeatp.operations import OPERATIONS, ErrorCode, Operation
 from financeatp.pgcall import Connection, Row, Statement, fetch_row
 from financeatp.routing import routing_path
-from financeatp.values import clean_text, field_value, parse_object, read_body, uuid_text
+from financeatp.values import field_value, parse_object, query_value, read_body, uuid_text
 
 # --- settings ------------------------------------------------------------------------------
 
@@ -190,7 +190,7 @@ def query_arguments(op: Operation, request: Request) -> dict[str, str]:
             raise invalid(f"unknown query parameter {name!r}")
         if name in args:
             raise invalid(f"query parameter {name!r} is given more than once")
-        args[name] = clean_text(value, name)
+        args[name] = query_value(allowed[name], value)
     return args
 
 
@@ -342,6 +342,21 @@ async def fetch_one(state: AppState, statement: Statement, params: list[bytes | 
     raise AssertionError("unreachable")
 
 
+async def refusal_of_key(state: AppState, request: Request, op: Operation) -> ApiError | None:
+    """A request refused before the call (its shape) is first judged by its key, as the call
+    would have judged it: an unknown key is 401, a missing permission 403 and a key over its
+    rate limit 429, whatever else is wrong. Only refused requests pay this second call."""
+    key_hash = request.state.api_key_hash
+    if key_hash is None:
+        return None  # no key: context_arguments answered 401 already
+    statement = call_statement("authenticate", ("api_key_hash", "permission"), False)
+    try:
+        await fetch_one(state, statement, [key_hash.encode(), op.permission.encode()])
+    except ApiError as error:
+        return error if error.status in (401, 403, 429) else None
+    return None
+
+
 class OperationEndpoint:
     """The operations of one path, by method: an ASGI application, which Starlette calls as it
     is, where it would wrap an endpoint function in one more layer per request."""
@@ -354,7 +369,10 @@ class OperationEndpoint:
         op = self.operations["GET" if request.method == "HEAD" else request.method]
         state: AppState = request.state.atp
         try:
-            args = await arguments(request, op, state.settings.max_body_bytes)
+            try:
+                args = await arguments(request, op, state.settings.max_body_bytes)
+            except ApiError as error:
+                raise await refusal_of_key(state, request, op) or error from None
             response = await call(state, op, args)
         except ApiError as error:
             response = error.response()

@@ -17,6 +17,17 @@ from financeatp.operations import Field
 UUID_PATTERN = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
+# Plain decimal notation: PostgreSQL's numeric input also takes exponents, spaces and a plus
+# sign, which the contract's amount strings do not have. The sign stays for the database to
+# answer "more than 0"; the value's range and decimals are the database's to judge.
+DECIMAL_PATTERN = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+# RFC 3339 (a space for the T allowed, as RFC 3339 notes); PostgreSQL's own input also takes
+# "yesterday", "epoch" and times without an offset. Whether the date exists is its to judge.
+RFC3339_PATTERN = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+INTEGER_PATTERN = re.compile(r"-?[0-9]+")
 
 
 def uuid_text(value: str, what: str) -> str:
@@ -58,6 +69,20 @@ def field_value(field: Field, value: Any) -> str | None:
         raise invalid(f"{field.name} must be a string")
     if field.kind == "uuid":
         return uuid_text(value, field.name)
+    if field.kind == "amount" and not DECIMAL_PATTERN.fullmatch(value):
+        raise invalid(
+            f'{field.name} must be a decimal number such as "100.50": digits and at most one '
+            "point, without exponent, plus sign or spaces"
+        )
+    return clean_text(value, field.name)
+
+
+def query_value(field: Field, value: str) -> str:
+    """A query parameter's text: a time must be RFC 3339, an integer digits."""
+    if field.kind == "timestamp" and not RFC3339_PATTERN.fullmatch(value):
+        raise invalid(f"{field.name} must be an RFC 3339 time such as 2026-01-01T15:46:00Z")
+    if field.kind == "integer" and not INTEGER_PATTERN.fullmatch(value):
+        raise invalid(f"{field.name} must be an integer")
     return clean_text(value, field.name)
 
 

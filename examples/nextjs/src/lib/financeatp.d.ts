@@ -907,7 +907,7 @@ export interface components {
         };
     };
     responses: {
-        /** @description invalid_request: The request is malformed or a value breaks a rule. Or the request's shape is wrong: malformed JSON, a number where an amount string belongs, an unknown field, a malformed UUID, a missing Idempotency-Key header.; insufficient_balance: The paying wallet holds less than the amount.; account_frozen: A wallet of the transaction is frozen.; balance_limit_exceeded: A balance would exceed 1,000,000,000,000 ATP.; refund_exceeds_transfer: The refunds of a transfer would add up to more than the transfer. */
+        /** @description invalid_request: The request is malformed or a value breaks a rule. Or the request's shape is wrong: malformed JSON, a number where an amount string belongs, an amount not in plain decimal notation, a time that is not RFC 3339, an unknown field, a malformed UUID, a missing Idempotency-Key header. A request with an unknown key is 401, and with a key that lacks the permission 403, before its shape is judged.; insufficient_balance: The paying wallet holds less than the amount.; account_frozen: A wallet of the transaction is frozen.; balance_limit_exceeded: A balance would exceed 1,000,000,000,000 ATP (or the total issued its bound, 9,999,999,999,999.99999999).; refund_exceeds_transfer: The refunds of a transfer would add up to more than the transfer. */
         E400: {
             headers: {
                 "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
