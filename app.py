@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path
 
 from financeatp.errors import JSON, ApiError, error_response, invalid, unavailable
+from financeatp.gate import Gate
 from financeatp.maintenance import run_maintenance
 from financeatp.observe import (
     METRICS,
@@ -303,17 +304,23 @@ class DeadConnectionError(Exception):
 
 
 async def execute_once(state: AppState, statement: Statement, params: list[bytes | None]) -> Row:
-    # getconn/putconn rather than pool.connection(): the connections are in autocommit, and the
-    # context manager's commit on exit cost 5% of a balance read's server CPU (bench/README.md).
-    conn = await state.pool.getconn()
+    # A turn first (gate.py), then getconn/putconn rather than pool.connection(): the connections
+    # are in autocommit, and the context manager's commit on exit cost 5% of a balance read's
+    # server CPU (bench/README.md).
+    timeout = state.settings.pool_timeout
+    waited = await state.gate.enter(timeout)
     try:
-        row = await fetch_row(conn, statement, params)
-    except psycopg.Error as exc:
-        if conn.broken:
-            raise DeadConnectionError from exc
-        raise
+        conn = await state.pool.getconn(timeout - waited)
+        try:
+            row = await fetch_row(conn, statement, params)
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise DeadConnectionError from exc
+            raise
+        finally:
+            await state.pool.putconn(conn)
     finally:
-        await state.pool.putconn(conn)
+        state.gate.leave()
     if row is None:
         raise RuntimeError(f"{statement.text!r} returned no row")
     return row
@@ -330,7 +337,7 @@ async def fetch_one(state: AppState, statement: Statement, params: list[bytes | 
                 await state.pool.check()  # the other idle connections died with it, most likely
                 continue
             raise unavailable("the database connection was lost") from dead
-        except PoolTimeout:
+        except (PoolTimeout, TimeoutError):
             raise unavailable("no database connection is available") from None
         except psycopg.Error as exc:
             if not state.codes.codes and (exc.sqlstate or "").startswith("L"):
@@ -390,6 +397,7 @@ class OperationEndpoint:
 class AppState:
     settings: Settings
     pool: AsyncConnectionPool[Any]
+    gate: Gate  # the requests' queue for the pool's connections
     codes: ErrorCodes
     key_names: KeyNames
 
@@ -432,9 +440,10 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     settings = Settings.from_env()
     pool = make_pool(settings)
     await pool.open(wait=False)
-    state = AppState(settings, pool, ErrorCodes(), KeyNames(settings.key_name_ttl))
+    gate = Gate(settings.pool_max_size)
+    state = AppState(settings, pool, gate, ErrorCodes(), KeyNames(settings.key_name_ttl))
     await load_error_codes(state, timeout=settings.pool_timeout)
-    tasks = [asyncio.create_task(publish_pool_gauges(pool))]
+    tasks = [asyncio.create_task(publish_pool_gauges(pool, gate))]
     if settings.maintenance_interval > 0:
         tasks.append(asyncio.create_task(run_maintenance(pool, settings.maintenance_interval)))
     try:
@@ -462,7 +471,8 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    METRICS.observe_pool(request.state.atp.pool)
+    state: AppState = request.state.atp
+    METRICS.observe_pool(state.pool, state.gate)
     return Response(METRICS.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
