@@ -21,11 +21,13 @@ UUID_PATTERN = re.compile(
 # sign, which the contract's amount strings do not have. The sign stays for the database to
 # answer "more than 0"; the value's range and decimals are the database's to judge.
 DECIMAL_PATTERN = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
-# RFC 3339 (a space for the T allowed, as RFC 3339 notes); PostgreSQL's own input also takes
-# "yesterday", "epoch" and times without an offset. Whether the date exists is its to judge.
+# An RFC 3339 date and time (a space for the T allowed, as RFC 3339 notes); PostgreSQL's own
+# input also takes "yesterday", "epoch" and dates alone. Without an offset the time is UTC, as
+# every time of the contract is, whatever the database session's time zone. Whether the date
+# exists is the database's to judge.
 RFC3339_PATTERN = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
-    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+    r"(?P<offset>[Zz]|[+-][0-9]{2}:[0-9]{2})?"
 )
 INTEGER_PATTERN = re.compile(r"-?[0-9]+")
 
@@ -78,9 +80,13 @@ def field_value(field: Field, value: Any) -> str | None:
 
 
 def query_value(field: Field, value: str) -> str:
-    """A query parameter's text: a time must be RFC 3339, an integer digits."""
-    if field.kind == "timestamp" and not RFC3339_PATTERN.fullmatch(value):
-        raise invalid(f"{field.name} must be an RFC 3339 time such as 2026-01-01T15:46:00Z")
+    """A query parameter's text: a time must be RFC 3339 (UTC when it has no offset), an
+    integer digits."""
+    if field.kind == "timestamp":
+        time = RFC3339_PATTERN.fullmatch(value)
+        if time is None:
+            raise invalid(f"{field.name} must be an RFC 3339 time such as 2026-01-01T15:46:00Z")
+        return value if time["offset"] else value + "Z"
     if field.kind == "integer" and not INTEGER_PATTERN.fullmatch(value):
         raise invalid(f"{field.name} must be an integer")
     return clean_text(value, field.name)
