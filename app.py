@@ -6,9 +6,10 @@ maps SQLSTATE codes to HTTP statuses by rule. Every rule about money lives in Po
 
 Read top to bottom: settings, the SQLSTATE rule, reading a request, the one function call, the
 process's state and lifespan, the routes. Everything else is in financeatp/: the error answers
-(errors.py), how a JSON value becomes an argument's text (values.py), the operations table, the
-OpenAPI document, logs and metrics, Starlette paths (routing.py), the scheduled jobs, the embedded
-PostgreSQL, uvicorn, and the commands `python app.py run|serve|migrate|api-key` (commands.py).
+(errors.py), how a JSON value becomes an argument's text (values.py), the requests' queue for
+the pool's connections (gate.py), the operations table, the OpenAPI document, logs and metrics,
+Starlette paths (routing.py), the scheduled jobs, the embedded PostgreSQL, uvicorn, and the
+commands `python app.py run|serve|migrate|api-key` (commands.py).
 """
 
 from __future__ import annotations
