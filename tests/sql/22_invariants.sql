@@ -4,7 +4,7 @@
 --   3. the projection equals the replay (verify, rebuild)    versions move by exactly one
 --   2. no balance below 0 or above 10^12                  1. every journal balances
 BEGIN;
-SELECT plan(53);
+SELECT plan(55);
 SELECT tap_share();
 
 SELECT set_config('tap.a', '0190aaaa-0000-7000-8000-00000000000a', true) IS NOT NULL AS _,
@@ -187,6 +187,18 @@ SELECT lives_ok($$UPDATE ledger.balances SET balance = 1000000000000 WHERE accou
                 'a balance of exactly 10^12 fits');
 SELECT throws_ok($$UPDATE ledger.balances SET held = balance + 1 WHERE account_id = current_setting('tap.wd')::uuid$$,
                  '23514', NULL, 'no account can reserve more than it holds');
+-- Only the issuer's count (debit-normal) may pass 10^12. A wallet whose normal side the owner flips
+-- to pass the CHECK is found by the verifier, which compares the side with the account's type.
+SAVEPOINT flipped;
+UPDATE ledger.balances SET normal_side = 'debit', balance = 2000000000000
+ WHERE account_id = current_setting('tap.wd')::uuid;
+RESET ROLE;
+SELECT is((api.verify_projections() -> 'ok')::boolean, false,
+          'a wallet flipped to debit-normal to hold 2 * 10^12 is found by api.verify_projections');
+SELECT ok(api.verify_projections() -> 'projection_mismatches' @> jsonb_build_array(jsonb_build_object('account_id', current_setting('tap.wd'))),
+          'which names that wallet');
+ROLLBACK TO SAVEPOINT flipped;
+SET LOCAL ROLE atp_owner;
 UPDATE ledger.balances SET balance = 0 WHERE account_id = current_setting('tap.wd')::uuid;
 RESET ROLE;
 -- A hand-written, balanced pair of events that would overdraw wallet a: the table takes them
