@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sys
 from typing import Any
 
 import psycopg
@@ -44,6 +45,7 @@ def announce_admin_key(embedded: Embedded) -> None:
         "\n  First start: an admin API key (shown once; it is not stored anywhere):\n\n"
         f"    X-API-Key: {created['key']}\n\n"
         "  More keys: make api-key NAME=nextjs PERMISSIONS=read,write\n",
+        file=sys.stderr,  # the terminal's, not standard output, where the JSON logs go
         flush=True,
     )
 

@@ -71,24 +71,25 @@ class Running:
         self.port = free_port()
         self.workers = workers
         self.output = checkout / "make-run.out"
+        self.errors = checkout / "make-run.err"
         command = (
             ["make", "--no-print-directory", "run", f"VENV={ROOT / '.venv'}"]
             if via_make
             else [str(ROOT / ".venv" / "bin" / "python"), "app.py", "run"]
         )
-        with self.output.open("wb") as out:
+        with self.output.open("wb") as out, self.errors.open("wb") as err:
             self.process = subprocess.Popen(
                 command,
                 cwd=checkout,
                 env=environment(PORT=str(self.port), WORKERS=str(workers), **env),
                 stdout=out,
-                stderr=subprocess.STDOUT,
+                stderr=err,
                 start_new_session=True,
             )
         self.url = f"http://127.0.0.1:{self.port}"
 
     def text(self) -> str:
-        return self.output.read_text(errors="replace")
+        return self.output.read_text(errors="replace") + self.errors.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
@@ -133,6 +134,9 @@ def test_make_run_embedded(checkout: Path) -> None:
         run.wait_ready()
         keys = KEY.findall(run.text())
         assert len(keys) == 1, run.text()  # the admin key, printed once on first start
+        # ... to the terminal's standard error: standard output carries the JSON logs, which
+        # log collectors keep.
+        assert KEY.search(run.errors.read_text()), run.text()
         created = create_user(run.url, keys[0])
         assert created.status_code == 201, created.text
         # Keep-alive requests to the workers (that they answer without a Nagle wait is
