@@ -178,7 +178,10 @@ def body_arguments(op: Operation, body: Mapping[str, Any]) -> dict[str, str | No
     if unknown:
         raise invalid(f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(fields)}")
     # Every field goes to the function, an absent one as NULL: the database says what is required.
-    return {name: field_value(field, body.get(name)) for name, field in fields.items()}
+    return {
+        name: field_value(field, body[name]) if name in body else None
+        for name, field in fields.items()
+    }
 
 
 def query_arguments(op: Operation, request: Request) -> dict[str, str]:

@@ -289,6 +289,8 @@ def field_schema(field: Field) -> dict[str, Any]:
             },
         }
     base: dict[str, Any] = {"type": "integer" if field.kind == "integer" else "string"}
+    if field.null_as is not None:
+        base["nullable"] = True
     if field.kind == "uuid":
         base["format"] = "uuid"
     if field.kind == "timestamp":

@@ -54,6 +54,9 @@ class Field:
     example: Any = None
     items: tuple[Field, ...] = ()  # an array's objects: their fields
     max_items: int | None = None
+    # What an explicit JSON null stands for, where it differs from leaving the field out: a PATCH
+    # with "display_name": null clears the name (JSON Merge Patch, RFC 7396), as "" does.
+    null_as: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,8 @@ DISPLAY_NAME = Field(
     "text",
     max_length=100,
     pattern=NO_NUL,
-    description="an empty string clears it",
+    description="null or an empty string clears it",
+    null_as="",
     example="Alice Smith",
 )
 AMOUNT = Field(

@@ -51,7 +51,7 @@ def clean_text(value: str, what: str) -> str:
 def field_value(field: Field, value: Any) -> str | None:
     """A JSON value as the text PostgreSQL parses; only JSON types are judged here."""
     if value is None:
-        return None
+        return field.null_as
     if field.kind == "array":
         return array_value(field, value)
     if field.kind == "integer":

@@ -64,6 +64,13 @@ def test_user_lifecycle(api: Api, admin_key: str) -> None:
         "PATCH", f"/users/{user_id}", writer, {"display_name": "C", "expected_version": 1}
     )
     expect_error(stale, 409, "version_conflict")
+    # An explicit null clears the name, as "" does (JSON Merge Patch); a field left out is kept.
+    cleared = api.request("PATCH", f"/users/{user_id}", writer, {"display_name": None})
+    assert cleared.status_code == 200, cleared.text
+    assert cleared.json()["display_name"] is None and cleared.json()["version"] == 3
+    email = f"{user_id[:8]}@example.com"
+    renamed = api.request("PATCH", f"/users/{user_id}", writer, {"email": email})
+    assert renamed.json()["display_name"] is None and renamed.json()["email"] == email
 
     api.mint(admin_key, user_id, "5")
     expect_error(api.request("DELETE", f"/users/{user_id}", writer), 409, "balance_not_zero")

@@ -1050,7 +1050,7 @@ export interface operations {
                      */
                     email: string;
                     /**
-                     * @description an empty string clears it
+                     * @description null or an empty string clears it
                      * @example Alice Smith
                      */
                     display_name?: string | null;
@@ -1180,7 +1180,7 @@ export interface operations {
                      */
                     email?: string | null;
                     /**
-                     * @description an empty string clears it
+                     * @description null or an empty string clears it
                      * @example Alice Smith
                      */
                     display_name?: string | null;
