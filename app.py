@@ -47,7 +47,7 @@ from financeatp.observe import (
     KeyNames,
     RequestContext,
     log,
-    publish_pool_gauges,
+    publish_metrics,
     setup_logging,
 )
 from financeatp.openapi import DOCS_PAGE, openapi_text
@@ -447,7 +447,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     gate = Gate(settings.pool_max_size)
     state = AppState(settings, pool, gate, ErrorCodes(), KeyNames(settings.key_name_ttl))
     await load_error_codes(state, timeout=settings.pool_timeout)
-    tasks = [asyncio.create_task(publish_pool_gauges(pool, gate))]
+    tasks = [asyncio.create_task(publish_metrics(pool, gate))]
     if settings.maintenance_interval > 0:
         tasks.append(asyncio.create_task(run_maintenance(pool, settings.maintenance_interval)))
     try:

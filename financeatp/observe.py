@@ -14,8 +14,10 @@ import re
 import sys
 import time
 import uuid
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from json.encoder import encode_basestring
 from typing import Any
 
 import psycopg
@@ -58,6 +60,16 @@ LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 def json_line(entry: dict[str, Any]) -> str:
     """A log entry as one JSON line, anything shaped like an API key cut to its prefix."""
     return KEY_IN_TEXT.sub(r"\1****", LINE_ENCODER.encode(entry))
+
+
+def json_text(value: str | None) -> str:
+    """A JSON string as json_line writes it (or null), anything shaped like an API key in it cut
+    to its prefix."""
+    if value is None:
+        return "null"
+    if "sk_" in value:
+        value = KEY_IN_TEXT.sub(r"\1****", value)
+    return encode_basestring(value)
 
 
 class JsonFormatter(logging.Formatter):
@@ -103,14 +115,35 @@ class AccessLog:
         self.logger = logging.getLogger(self.name)
         self.clock = JsonFormatter()
 
-    def write(self, fields: dict[str, Any]) -> None:
+    def write(
+        self,
+        *,
+        method: str,
+        route: str,
+        path: str,
+        status: int,
+        latency_ms: float,
+        correlation_id: str,
+        api_key_name: str | None,
+        api_key_prefix: str | None,
+        client: str,
+    ) -> None:
+        """The line json_line would write for these fields in this order, from a template: the
+        JSON encoder's pass over a dictionary and a search of the whole line for keys cost 12%
+        of a balance read's server CPU (bench/README.md, fourteenth pass)."""
         if not self.logger.isEnabledFor(logging.INFO):
             return
-        now = time.time()
-        stamp = self.clock.timestamp_of(now)
-        entry = {"ts": stamp, "level": "info", "logger": self.name, "message": "request", **fields}
+        stamp = self.clock.timestamp_of(time.time())
+        line = (
+            f'{{"ts": "{stamp}", "level": "info", "logger": "{self.name}", "message": "request", '
+            f'"method": {json_text(method)}, "route": {json_text(route)}, '
+            f'"path": {json_text(path)}, "status": {status:d}, "latency_ms": {latency_ms!r}, '
+            f'"correlation_id": {json_text(correlation_id)}, '
+            f'"api_key_name": {json_text(api_key_name)}, '
+            f'"api_key_prefix": {json_text(api_key_prefix)}, "client": {json_text(client)}}}\n'
+        )
         stream = sys.stdout
-        stream.write(json_line(entry) + "\n")
+        stream.write(line)
         stream.flush()
 
 
@@ -148,8 +181,18 @@ def setup_logging() -> None:
 # --- metrics -------------------------------------------------------------------------------
 
 
+# prometheus_client's default buckets for request latency, in seconds; the last is +Inf.
+LATENCY_BUCKETS = Histogram.DEFAULT_BUCKETS
+
+
 class Metrics:
-    """Prometheus metrics; with several workers they are summed over PROMETHEUS_MULTIPROC_DIR."""
+    """Prometheus metrics; with several workers they are summed over PROMETHEUS_MULTIPROC_DIR.
+
+    Requests are counted here, in plain numbers, and handed to prometheus_client by publish(),
+    once a second and before /metrics answers: with several workers each of its increments is a
+    locked write into a memory-mapped file, three per request, which cost 5-7% of a request's
+    server CPU (bench/README.md, fourteenth pass). A scrape sees the other workers' last second
+    on its next visit; a worker killed outright loses at most that second of counts."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -164,6 +207,7 @@ class Metrics:
             "HTTP request latency by route",
             ["route", "method"],
             registry=self.registry,
+            buckets=LATENCY_BUCKETS,
         )
         self.pool = Gauge(
             "atp_db_pool_connections",
@@ -172,19 +216,30 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
-        self.children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # (route, method, status) -> [requests, seconds in all, requests per latency bucket]
+        self.pending: dict[tuple[str, str, int], list[Any]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        # The labelled children, looked up once per (route, method, status): few of them.
-        children = self.children.get((route, method, status))
-        if children is None:
-            children = (
-                self.requests.labels(route, method, str(status)),
-                self.latency.labels(route, method),
-            )
-            self.children[(route, method, status)] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        counts = self.pending.get((route, method, status))
+        if counts is None:
+            counts = self.pending[(route, method, status)] = [0, 0.0, [0] * len(LATENCY_BUCKETS)]
+        counts[0] += 1
+        counts[1] += seconds
+        # The first bucket whose bound is at least the latency, as Histogram.observe picks it.
+        counts[2][bisect_left(LATENCY_BUCKETS, seconds)] += 1
+
+    def publish(self) -> None:
+        """What observe() counted since the last call, into prometheus_client's metrics. A
+        histogram child has no public way to add several observations at once: its sum and
+        bucket values are incremented directly (tests/test_observe.py checks the exposition)."""
+        pending, self.pending = self.pending, {}
+        for (route, method, status), (requests, seconds, buckets) in pending.items():
+            self.requests.labels(route, method, str(status)).inc(requests)
+            latency = self.latency.labels(route, method)
+            latency._sum.inc(seconds)
+            for bucket, count in zip(latency._buckets, buckets, strict=True):
+                if count:
+                    bucket.inc(count)
 
     def observe_pool(self, pool: AsyncConnectionPool[Any], gate: Gate) -> None:
         stats = pool.get_stats()
@@ -193,14 +248,15 @@ class Metrics:
         self.pool.labels("waiting").set(stats.get("requests_waiting", 0) + gate.waiting)
 
     def exposition(self) -> bytes:
+        self.publish()
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             return generate_latest(self.registry)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry)
 
-    @staticmethod
-    def process_ended() -> None:
+    def process_ended(self) -> None:
+        self.publish()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             multiprocess.mark_process_dead(os.getpid())
 
@@ -209,13 +265,14 @@ METRICS = Metrics()
 ACCESS_LOG = AccessLog()
 
 
-async def publish_pool_gauges(
+async def publish_metrics(
     pool: AsyncConnectionPool[Any], gate: Gate, interval: float = 1.0
 ) -> None:
-    """The pool gauges of this worker, once a second (and by /metrics when it answers), not
-    three gauge writes on every request: the metrics cost about 0.06 ms of a request's 0.5 ms
-    of server CPU (bench/README.md, third pass), and a gauge a second old is current enough."""
+    """This worker's requests and pool gauges, once a second (and by /metrics when it answers),
+    not on every request (bench/README.md, third and fourteenth passes): a count or a gauge a
+    second old is current enough."""
     while True:
+        METRICS.publish()
         METRICS.observe_pool(pool, gate)
         await asyncio.sleep(interval)
 
@@ -323,15 +380,14 @@ class RequestContext:
         route_name = getattr(route, "path", None) or "unmatched"
         method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
         METRICS.observe(route_name, method, status, seconds)
-        fields = {
-            "method": scope["method"],
-            "route": route_name,
-            "path": scope["path"],
-            "status": status,
-            "latency_ms": round(seconds * 1000, 2),
-            "correlation_id": state["correlation_id"],
-            "api_key_name": await self.key_name(state, status),
-            "api_key_prefix": state["key_prefix"],
-            "client": (scope.get("client") or ("", 0))[0],
-        }
-        ACCESS_LOG.write(fields)
+        ACCESS_LOG.write(
+            method=scope["method"],
+            route=route_name,
+            path=scope["path"],
+            status=status,
+            latency_ms=round(seconds * 1000, 2),
+            correlation_id=state["correlation_id"],
+            api_key_name=await self.key_name(state, status),
+            api_key_prefix=state["key_prefix"],
+            client=(scope.get("client") or ("", 0))[0],
+        )

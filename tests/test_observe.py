@@ -6,10 +6,24 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from financeatp.observe import ACCESS_LOG
+from financeatp.observe import ACCESS_LOG, Metrics, json_line
+
+REQUEST: dict[str, Any] = {
+    "method": "GET",
+    "route": "/users/{user_id}",
+    "path": "/users/sk_live_abcdef0123",
+    "status": 200,
+    "latency_ms": 1.25,
+    "correlation_id": "c-1",
+    "api_key_name": "nextjs",
+    "api_key_prefix": "sk_live_****",
+    "client": "127.0.0.1",
+}
 
 
 @pytest.fixture
@@ -25,9 +39,7 @@ def test_access_line_has_the_log_shape_and_masks_keys(
     capsys: pytest.CaptureFixture[str], level: Callable[[int], None]
 ) -> None:
     level(logging.INFO)
-    ACCESS_LOG.write(
-        {"route": "/users/{user_id}", "path": "/users/sk_live_abcdef0123", "status": 200}
-    )
+    ACCESS_LOG.write(**REQUEST)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1
     entry = json.loads(lines[0])
@@ -42,5 +54,75 @@ def test_a_level_above_info_silences_it(
     capsys: pytest.CaptureFixture[str], level: Callable[[int], None]
 ) -> None:
     level(logging.WARNING)
-    ACCESS_LOG.write({"status": 200})
+    ACCESS_LOG.write(**REQUEST)
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {
+            "path": '/a"b\\c\nd\x01\u00e9\u4e2d\U0001f600',
+            "correlation_id": "sk_test_XYZ789 and sk_live_q",
+        },
+        {"api_key_name": None, "api_key_prefix": None, "method": "BREW", "route": "unmatched"},
+        {"api_key_name": "sk_live_abc", "latency_ms": 1234567.5, "status": 503, "client": ""},
+    ],
+)
+def test_access_line_is_what_json_line_writes(
+    capsys: pytest.CaptureFixture[str], level: Callable[[int], None], changes: dict[str, Any]
+) -> None:
+    """The access line comes from a template; every other line from the JSON encoder. For
+    quotes, backslashes, control characters, non-ASCII text, nulls and key-shaped text, the two
+    write the same characters."""
+    level(logging.INFO)
+    fields = REQUEST | changes
+    ACCESS_LOG.write(**fields)
+    line = capsys.readouterr().out.removesuffix("\n")
+    head = {"ts": json.loads(line)["ts"], "level": "info", "logger": "financeatp.access"}
+    assert line == json_line(head | {"message": "request"} | fields)
+    assert "sk_live_a" not in line and "sk_test_X" not in line
+
+
+def test_requests_are_published_as_prometheus_would_count_them() -> None:
+    """Requests counted in plain numbers and published in one go give the exposition that a
+    Counter and a Histogram fed one request at a time give, bounds included; a second publish
+    adds nothing."""
+    metrics = Metrics()
+    reference = CollectorRegistry()
+    requests = Counter("ref_requests", "", ["route", "method", "status"], registry=reference)
+    latency = Histogram("ref_latency", "", ["route", "method"], registry=reference)
+    observed = [
+        ("/users/{user_id}/balance", "GET", 200, seconds)
+        for seconds in (0.001, 0.005, 0.0050001, 0.03, 0.2, 2.5, 20.0)
+    ] + [("/transfers", "POST", 201, 0.01), ("/transfers", "POST", 409, 0.012)]
+    for route, method, status, seconds in observed:
+        metrics.observe(route, method, status, seconds)
+        requests.labels(route, method, str(status)).inc()
+        latency.labels(route, method).observe(seconds)
+
+    def samples(registry: CollectorRegistry, prefix: str) -> dict[tuple[Any, ...], float]:
+        return {
+            (sample.name.removeprefix(prefix), *sorted(sample.labels.items())): sample.value
+            for family in registry.collect()
+            for sample in family.samples
+            if not sample.name.endswith("_created")
+        }
+
+    expected = samples(reference, "ref_")
+    assert expected[("requests_total", ("method", "GET"), ("route", "/users/{user_id}/balance"),
+                     ("status", "200"))] == 7  # fmt: skip
+    metrics.exposition()
+    published = {
+        key: value
+        for key, value in samples(metrics.registry, "atp_http_").items()
+        if not key[0].startswith("atp_db_pool")
+    }
+    renamed = {
+        (name.replace("request_duration_seconds", "latency"), *labels): value
+        for (name, *labels), value in published.items()
+    }
+    assert renamed == pytest.approx(expected)
+    metrics.publish()
+    assert samples(metrics.registry, "atp_http_") == published
