@@ -128,9 +128,9 @@ class AccessLog:
         api_key_prefix: str | None,
         client: str,
     ) -> None:
-        """The line json_line would write for these fields in this order, from a template: the
-        JSON encoder's pass over a dictionary and a search of the whole line for keys cost 12%
-        of a balance read's server CPU (bench/README.md, fourteenth pass)."""
+        """The line json_line would write for these fields in this order, from a template rather
+        than the JSON encoder's pass over a dictionary and a key search over the whole line: 4%
+        less of a balance read's server CPU (bench/README.md, fourteenth pass)."""
         if not self.logger.isEnabledFor(logging.INFO):
             return
         stamp = self.clock.timestamp_of(time.time())
