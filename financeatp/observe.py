@@ -57,9 +57,14 @@ def mask_key(key: str) -> str:
 LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
+def mask_keys(text: str) -> str:
+    """Anything in text shaped like an API key cut to its prefix."""
+    return KEY_IN_TEXT.sub(r"\1****", text)
+
+
 def json_line(entry: dict[str, Any]) -> str:
     """A log entry as one JSON line, anything shaped like an API key cut to its prefix."""
-    return KEY_IN_TEXT.sub(r"\1****", LINE_ENCODER.encode(entry))
+    return mask_keys(LINE_ENCODER.encode(entry))
 
 
 def json_text(value: str | None) -> str:
@@ -67,9 +72,7 @@ def json_text(value: str | None) -> str:
     to its prefix."""
     if value is None:
         return "null"
-    if "sk_" in value:
-        value = KEY_IN_TEXT.sub(r"\1****", value)
-    return encode_basestring(value)
+    return encode_basestring(mask_keys(value) if "sk_" in value else value)
 
 
 class JsonFormatter(logging.Formatter):
