@@ -6,12 +6,13 @@ see a few percent, which the runs over HTTP on this machine cannot (bench/README
 
     BENCH_AB_A=/tmp/old BENCH_AB_B=. .venv/bin/python bench/ab_inprocess.py
 
-A and B are checkouts, each with its app.py; both import financeatp/ from B (or from
-BENCH_AB_PACKAGE), so a change inside financeatp/ is compared by an app.py of A that does not
-use it. BENCH_AB_KINDS (healthz,nokey,balance,transfer), BENCH_AB_REQUESTS (5000 per side and
-kind) and BENCH_USERS (1000) choose the work; `nokey` is a balance read without X-API-Key,
-answered 401 before the database. Prints, per kind, the median and mean CPU per request of each
-side (time.process_time_ns around the ASGI call) and their ratios B/A.
+A and B are checkouts, each with its app.py and its own financeatp/: each app is loaded with
+its checkout first on sys.path and the package's modules forgotten in between, so each keeps
+the modules it imported (none imports inside a function), and a change inside financeatp/ is
+compared like one in app.py. BENCH_AB_KINDS (healthz,nokey,balance,transfer), BENCH_AB_REQUESTS
+(5000 per side and kind) and BENCH_USERS (1000) choose the work; `nokey` is a balance read
+without X-API-Key, answered 401 before the database. Prints, per kind, the median and mean CPU
+per request of each side (time.process_time_ns around the ASGI call) and their ratios B/A.
 """
 
 from __future__ import annotations
@@ -40,14 +41,26 @@ Request = tuple[str, str, list[tuple[bytes, bytes]], bytes]
 ASGI = Callable[..., Awaitable[None]]
 
 
+def forget_package() -> None:
+    for module in [m for m in sys.modules if m == "financeatp" or m.startswith("financeatp.")]:
+        del sys.modules[module]
+
+
 def load_app(label: str, checkout: Path) -> Any:
-    """checkout/app.py as module app_<label> (the `app` it defines)."""
+    """checkout/app.py as module app_<label> (the `app` it defines), importing the financeatp
+    package of the same checkout."""
+    forget_package()  # bench.py imported ours, or the other side imported its own
+    sys.path.insert(0, str(checkout))
     name = f"app_{label.lower()}"
     spec = importlib.util.spec_from_file_location(name, checkout / "app.py")
     assert spec is not None and spec.loader is not None
     module: ModuleType = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while it is executed
     spec.loader.exec_module(module)
+    sys.path.remove(str(checkout))
+    package = Path(sys.modules["financeatp"].__file__ or "").resolve().parent.parent
+    if package != checkout.resolve():
+        raise SystemExit(f"{label}'s app.py imported financeatp from {package}, not {checkout}")
     return module.app
 
 
@@ -151,7 +164,6 @@ def main() -> None:
     checkouts = ab_checkouts()
     kinds = os.environ.get("BENCH_AB_KINDS", "healthz,nokey,balance,transfer").split(",")
     n = int(os.environ.get("BENCH_AB_REQUESTS", "5000"))
-    package = Path(os.environ.get("BENCH_AB_PACKAGE", checkouts["B"])).resolve()
     with contextlib.ExitStack() as stack:
         bench = harness.Bench(harness.Config.from_env(), stack)
         bench.cluster.use_own_home("-inprocess")
@@ -159,9 +171,6 @@ def main() -> None:
         os.environ.update(
             DATABASE_URL=bench.cluster.url("atp_app"), MAINTENANCE_INTERVAL="0", LOG_LEVEL="INFO"
         )
-        sys.path.insert(0, str(package))
-        for module in [m for m in sys.modules if m == "financeatp" or m.startswith("financeatp.")]:
-            del sys.modules[module]  # bench.py imported ours; the apps take the package's
         apps = {label: load_app(label, checkout) for label, checkout in checkouts.items()}
         users = [harness.user_id(i) for i in range(1, bench.config.users + 1)]
         # The access log goes to standard output, a line per request: to a file, as in the bench.
@@ -171,7 +180,6 @@ def main() -> None:
         log.close()
     result = {
         "checkouts": {k: str(v) for k, v in checkouts.items()},
-        "package": str(package),
         "requests": n,
         "kinds": report,
     }
