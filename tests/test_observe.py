@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from financeatp.observe import ACCESS_LOG, Metrics, json_line
+from financeatp.observe import ACCESS_LOG, Metrics, json_line, mask_key, new_correlation_id
 
 REQUEST: dict[str, Any] = {
     "method": "GET",
@@ -68,6 +69,7 @@ def test_a_level_above_info_silences_it(
         },
         {"api_key_name": None, "api_key_prefix": None, "method": "BREW", "route": "unmatched"},
         {"api_key_name": "sk_live_abc", "latency_ms": 1234567.5, "status": 503, "client": ""},
+        {"api_key_prefix": mask_key('sk"\\\u00e9x\tyz0123'), "correlation_id": ""},
     ],
 )
 def test_access_line_is_what_json_line_writes(
@@ -126,3 +128,12 @@ def test_requests_are_published_as_prometheus_would_count_them() -> None:
     assert renamed == pytest.approx(expected)
     metrics.publish()
     assert samples(metrics.registry, "atp_http_") == published
+
+
+def test_generated_correlation_ids_are_random_uuids_in_their_usual_text() -> None:
+    ids = [new_correlation_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
