@@ -288,6 +288,9 @@ def call_statement(function: str, names: tuple[str, ...], writes: bool) -> State
     return Statement.of(statement.format(function_name, args).as_bytes(None))
 
 
+JSON_HEADER = (b"content-type", JSON.encode())
+
+
 class Answer:
     """A success, its body the bytes PostgreSQL sent (UTF-8: see make_pool): the two ASGI
     messages, with their three headers written here rather than normalised by a Starlette
@@ -306,9 +309,6 @@ class Answer:
             headers.append((b"idempotent-replayed", b"true"))
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.body})
-
-
-JSON_HEADER = (b"content-type", JSON.encode())
 
 
 async def call(state: AppState, op: Operation, args: dict[str, str | None]) -> Answer:

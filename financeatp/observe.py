@@ -137,7 +137,7 @@ class AccessLog:
         if not self.logger.isEnabledFor(logging.INFO):
             return
         stamp = self.clock.timestamp_of(time.time())
-        # mask_key's output: 8 characters and "****", too short to hold a key to mask.
+        # mask_key's 8 characters and "****" are too short to hold a key to mask.
         prefix = "null" if api_key_prefix is None else encode_basestring(api_key_prefix)
         line = (
             f'{{"ts": "{stamp}", "level": "info", "logger": "{self.name}", "message": "request", '
