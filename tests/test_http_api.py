@@ -498,6 +498,31 @@ def test_replay_and_conflict(api: Api, admin_key: str) -> None:
     assert api.balance(admin_key, alice) == "80.00000000"
 
 
+def test_a_success_body_arrives_as_postgresql_wrote_it(api: Api, admin_key: str) -> None:
+    """A success is sent as PostgreSQL's UTF-8 bytes: its Content-Length counts bytes, not
+    characters, for the first answer, its replay, a read and a HEAD of that read."""
+    alice = api.new_user(admin_key)["user_id"]
+    bob = api.new_user(admin_key)["user_id"]
+    api.mint(admin_key, alice, "5")
+    memo = "caf\u00e9 \u2615 \u4e2d \U0001f600"
+    body = {"from_user_id": alice, "to_user_id": bob, "amount": "1", "memo": memo}
+    ik = str(uuid.uuid4())
+    sent = api.request("POST", "/transfers", admin_key, body, idempotency_key=ik, acting_user=alice)
+    replay = api.request(
+        "POST", "/transfers", admin_key, body, idempotency_key=ik, acting_user=alice
+    )
+    read = api.request("GET", f"/transfers/{sent.json()['transfer_id']}", admin_key)
+    for response in (sent, replay, read):
+        assert response.status_code in (200, 201), response.text
+        assert response.headers["content-type"] == "application/json"
+        assert int(response.headers["content-length"]) == len(response.content)
+        assert len(response.content) > len(response.text)  # multi-byte characters
+        assert response.json()["memo"] == memo
+    head = api.request("HEAD", f"/transfers/{sent.json()['transfer_id']}", admin_key)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == read.headers["content-length"]
+
+
 def test_rejections_are_not_stored(api: Api, admin_key: str) -> None:
     """Only executed requests are stored: a refused one may be sent again once it can succeed."""
     alice = api.new_user(admin_key)["user_id"]
