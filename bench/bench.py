@@ -117,8 +117,15 @@ class Config:
             events=env_int("BENCH_EVENTS", 5_000_000),
             users=env_int("BENCH_USERS", 10_000),
             workers=env_int("BENCH_WORKERS", default_workers()),
-            # One connection per wrk thread: then the Lua script can time each request itself.
-            wrk_threads=env_int("BENCH_WRK_THREADS", env_int("BENCH_CONNECTIONS", 16)),
+            # As many load generator threads as pgbench has (a caller such as Next.js is one
+            # process with many connections); for the Lua timer's measured latencies one thread
+            # per connection, which costs the machine more (bench/README.md, sixteenth pass).
+            wrk_threads=env_int(
+                "BENCH_WRK_THREADS",
+                env_int("BENCH_CONNECTIONS", 16)
+                if os.environ.get("BENCH_LATENCY", "").strip() == "measured"
+                else env_int("BENCH_PGBENCH_JOBS", 2),
+            ),
             pgbench_jobs=env_int("BENCH_PGBENCH_JOBS", 2),
             warmup=env_int("BENCH_WARMUP", 3),
             runs=tuple(r for r in KNOWN_RUNS if not only or r in only),
