@@ -462,15 +462,16 @@ def pgbench(
 def wrk(
     server: Server, name: str, script: str, env: dict[str, str], config: Config, seconds: int
 ) -> Result:
+    threads = min(config.wrk_threads, config.connections)  # wrk wants no more threads than them
     command = [
-        "wrk", "-t", str(config.wrk_threads), "-c", str(config.connections), "-d", f"{seconds}s",
+        "wrk", "-t", str(threads), "-c", str(config.connections), "-d", f"{seconds}s",
         "--timeout", "10s", "--latency", "-s", str(BENCH / script), f"http://127.0.0.1:{server.port}",
     ]  # fmt: skip
     full_env = {
         **os.environ,
         **env,
         "BENCH_SEED": str(secrets.randbelow(2**31)),
-        "BENCH_RAW": "1" if config.wrk_threads == config.connections else "0",
+        "BENCH_RAW": "1" if threads == config.connections else "0",
     }
     result = subprocess.run(command, check=False, capture_output=True, text=True, env=full_env)
     (OUT / "wrk").mkdir(exist_ok=True)
