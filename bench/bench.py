@@ -43,6 +43,7 @@ OUT = BENCH / "out"
 DATABASE = "bench"
 API_KEY_RATE = 100_000_000  # per minute: the rate limit is measured, never hit
 MINT_PER_USER = 1_000_000
+NR_HUGEPAGES = Path("/proc/sys/vm/nr_hugepages")
 
 FRESH_RUNS = (
     "baseline",
@@ -102,6 +103,7 @@ class Config:
     fsync_probe: int
     profile: bool
     keep: bool
+    huge_pages: bool
 
     @classmethod
     def from_env(cls) -> Config:
@@ -133,6 +135,7 @@ class Config:
             fsync_probe=env_int("BENCH_FSYNC_PROBE", 10),
             profile=os.environ.get("BENCH_PROFILE", "") not in ("", "0"),
             keep=os.environ.get("BENCH_KEEP", "") not in ("", "0"),
+            huge_pages=os.environ.get("BENCH_HUGE_PAGES", "1") not in ("", "0"),
         )
 
     @property
@@ -175,6 +178,8 @@ class Cluster(LocalCluster):
     def __init__(self, config: Config) -> None:
         super().__init__(OUT / "pgdata", fallback_tag="bench-")
         self.profile = config.profile
+        self.huge_pages = "not asked for (PostgreSQL's default, try)"
+        self.nr_hugepages_before: int | None = None
 
     @property
     def account(self) -> tuple[int, int] | None:
@@ -220,9 +225,50 @@ class Cluster(LocalCluster):
             }
         self.configure("make bench", settings)
 
+    def use_huge_pages(self) -> None:
+        """Shared memory in huge pages, as a production server has it: reserve as many as the
+        cluster needs (only root may), return them when the cluster is removed, and start it with
+        huge_pages = on, so that it fails rather than run without them. With 4 kB pages every
+        backend takes a page fault and TLB misses for each shared buffer page it touches; a
+        transfer touches several times the baseline's pages (bench/README.md, seventeenth pass)."""
+        found = self.run_pg(self.tool("postgres"), "-D", str(self.data),
+                            "-C", "shared_memory_size_in_huge_pages", check=False)  # fmt: skip
+        needed = int(found.stdout.strip() or -1) if found.returncode == 0 else -1
+        if needed <= 0:
+            self.huge_pages = "off (this kernel has none)"
+            return
+        available = meminfo_kb("HugePages_Free") - meminfo_kb("HugePages_Rsvd")
+        if available < needed:
+            if os.geteuid() != 0:
+                self.huge_pages = (
+                    f"off ({needed} needed, {max(available, 0)} free; root reserves them)"
+                )
+                return
+            before = int(NR_HUGEPAGES.read_text())
+            try:  # a container may show /proc/sys read-only, even to root
+                NR_HUGEPAGES.write_text(f"{before + needed - available}\n")
+            except OSError as error:
+                self.huge_pages = f"off (could not reserve {needed}: {error.strerror})"
+                return
+            self.nr_hugepages_before = before
+            if meminfo_kb("HugePages_Free") - meminfo_kb("HugePages_Rsvd") < needed:
+                self.release_huge_pages()
+                self.huge_pages = f"off (the kernel could not reserve {needed})"
+                return
+        size_mb = meminfo_kb("Hugepagesize") // 1024
+        reserved = ", reserved for the run" if self.nr_hugepages_before is not None else ""
+        self.huge_pages = f"on ({needed} of {size_mb} MB{reserved})"
+        self.server_options.append("-c huge_pages=on")
+
+    def release_huge_pages(self) -> None:
+        if self.nr_hugepages_before is not None:
+            NR_HUGEPAGES.write_text(f"{self.nr_hugepages_before}\n")
+            self.nr_hugepages_before = None
+
     def start(self, port: int | None = None) -> None:
         super().start(port)
-        say(f"PostgreSQL {self.version()} on 127.0.0.1:{self.port} (data: {self.data})")
+        say(f"PostgreSQL {self.version()} on 127.0.0.1:{self.port} (data: {self.data}); "
+            f"huge pages {self.huge_pages}")  # fmt: skip
 
     def stop(self, mode: str = "fast") -> bool:
         if not self.running:
@@ -250,6 +296,16 @@ class Cluster(LocalCluster):
         if result.returncode != 0:
             raise SystemExit(f"psql {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
         return result.stdout
+
+
+def meminfo_kb(field: str) -> int:
+    """A field of /proc/meminfo (kB, or a count for the HugePages_ fields); 0 if absent."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name == field:
+                return int(value.split()[0])
+    return 0
 
 
 def process_rss_kb(pid: int) -> int:
@@ -820,6 +876,8 @@ class Bench:
         (OUT / "server.log").unlink(missing_ok=True)
         self.stack.callback(self.cleanup_cluster)
         self.cluster.create()
+        if self.config.huge_pages:
+            self.cluster.use_huge_pages()
         self.cluster.start()
         with self.cluster.connect("postgres") as conn:
             conn.execute(f"CREATE DATABASE {DATABASE}")
@@ -842,6 +900,7 @@ class Bench:
 
     def cleanup_cluster(self) -> None:
         self.cluster.stop()
+        self.cluster.release_huge_pages()
         if not self.config.keep:
             self.cluster.remove()
 
@@ -1241,7 +1300,7 @@ class Bench:
             f"{self.config.users} users, {self.config.workers} server workers, "
             f"HTTP latency from {'wrk' if self.config.latency == 'wrk' else 'the Lua timer'}, "
             f"PostgreSQL {self.cluster.version()} (fsync, synchronous_commit, full_page_writes on; "
-            "shared_buffers 512MB, max_wal_size 4GB)"
+            f"shared_buffers 512MB, max_wal_size 4GB; huge pages {self.cluster.huge_pages})"
         )
         details = {
             **results,

@@ -80,6 +80,7 @@ class LocalCluster:
         self.log = self.home / "postgresql.log"
         self.port = 0
         self.running = False
+        self.server_options: list[str] = []  # more of postgres's options, e.g. "-c name=value"
 
     def as_pg(self) -> list[str]:
         return as_user(self.user)
@@ -149,7 +150,7 @@ class LocalCluster:
         self.port = port or free_port()
         result = self.run_pg(
             self.tool("pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log), "-w",
-            "-t", "120", "-o", f"-p {self.port}",
+            "-t", "120", "-o", " ".join([f"-p {self.port}", *self.server_options]),
         )  # fmt: skip
         if result.returncode != 0:
             tail = self.log.read_text()[-2000:] if self.log.exists() else ""
