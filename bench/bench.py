@@ -836,10 +836,8 @@ def machine() -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    memory = ""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        memory = f", {kb / 1024 / 1024:.0f} GB RAM"
+    kb = meminfo_kb("MemTotal")
+    memory = f", {kb / 1024 / 1024:.0f} GB RAM" if kb else ""
     return f"{platform.machine()}, {model}, {os.cpu_count()} cores{memory}"
 
 
