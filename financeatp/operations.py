@@ -175,7 +175,8 @@ OPERATIONS: tuple[Operation, ...] = (
             ),
         ),
         needs_one_of=("username", "email", "display_name"),
-        description="A field that is absent or null keeps its value; give at least one.",
+        description="A field that is absent keeps its value, as does a null username or email; "
+        "a null display_name clears it (JSON Merge Patch). Give at least one.",
     ),
     Operation(
         "DELETE",

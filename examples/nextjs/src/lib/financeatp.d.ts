@@ -48,7 +48,7 @@ export interface paths {
         head?: never;
         /**
          * Change a user's username, email or display name
-         * @description Needs the write permission. Calls api.update_user. A field that is absent or null keeps its value; give at least one.
+         * @description Needs the write permission. Calls api.update_user. A field that is absent keeps its value, as does a null username or email; a null display_name clears it (JSON Merge Patch). Give at least one.
          */
         patch: operations["update_user"];
         trace?: never;
