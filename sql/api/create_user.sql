@@ -25,6 +25,7 @@ DECLARE
     _account uuid := ledger.uuid_v7();
     _body json;
     _at timestamptz;
+    _taken ledger.users;
 BEGIN
     _ctx := ledger.authorize(create_user.api_key_hash, 'write', create_user.request_user_id,
                              create_user.correlation_id, create_user.client_addr);
@@ -43,9 +44,16 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'user_id, username and email are required';
     END IF;
     PERFORM ledger.check_user_fields(create_user.username, create_user.email, create_user.display_name);
-    IF EXISTS (SELECT FROM ledger.users WHERE id = create_user.user_id) THEN
-        RAISE EXCEPTION USING ERRCODE = 'L4093',
-            MESSAGE = format('user %s already exists', create_user.user_id);
+    SELECT * INTO _taken FROM ledger.users WHERE id = create_user.user_id;
+    IF FOUND THEN
+        -- A deleted user's id stays with its history, and the system users' ids are reserved:
+        -- neither is ever given to a new user.
+        RAISE EXCEPTION USING ERRCODE = 'L4093', MESSAGE = CASE
+            WHEN _taken.is_system THEN format('user id %s is reserved for the ledger''s own accounts',
+                                              create_user.user_id)
+            WHEN _taken.deleted_at IS NOT NULL THEN format(
+                'user id %s belonged to a user who was deleted, and is never used again', create_user.user_id)
+            ELSE format('user %s already exists', create_user.user_id) END;
     END IF;
     PERFORM ledger.check_user_unique(create_user.user_id, create_user.username, create_user.email);
 

@@ -45,6 +45,10 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'L4001',
             MESSAGE = 'nothing to update: give username, email or display_name';
     END IF;
+    IF update_user.expected_version < 1 THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4001',
+            MESSAGE = 'expected_version must be at least 1 (a user starts at version 1)';
+    END IF;
     PERFORM ledger.check_user_fields(update_user.username, update_user.email, update_user.display_name);
     SELECT * INTO _user FROM ledger.users
      WHERE id = update_user.user_id AND deleted_at IS NULL AND NOT is_system

@@ -1,7 +1,7 @@
 -- Users: create, get, update and delete, with their events, wallets and audit rows.
 -- alice and carol are created with a write key (as the HTTP layer would), bob by a DBA without one.
 BEGIN;
-SELECT plan(74);
+SELECT plan(76);
 
 CREATE TEMP TABLE k (name text PRIMARY KEY, id uuid, key text, hash text);
 INSERT INTO k
@@ -100,6 +100,9 @@ SELECT throws_ok($$SELECT * FROM api.create_user(gen_random_uuid(), 'alice3', 'A
                  'L4093', NULL, 'a taken email is refused, whatever its case');
 SELECT throws_ok($$SELECT * FROM api.create_user(gen_random_uuid(), 'system_mint', 'x@example.com')$$,
                  'L4093', NULL, 'the username of a system user is taken too');
+SELECT throws_ok($$SELECT * FROM api.create_user('00000000-0000-0000-0000-000000000001', 'mallory', 'm@example.com')$$,
+                 'L4093', 'user id 00000000-0000-0000-0000-000000000001 is reserved for the ledger''s own accounts',
+                 'a system user''s id is refused, and the message says why');
 
 -- Invalid values.
 SELECT throws_ok($$SELECT * FROM api.create_user(gen_random_uuid(), 'ab', 'ab@example.com')$$,
@@ -162,6 +165,10 @@ SELECT results_eq(
 SELECT throws_ok($$SELECT * FROM api.update_user('a11ce000-0000-4000-8000-000000000001', display_name => 'Stale',
                                                  expected_version => 1)$$,
                  'L4092', NULL, 'an update based on an old version is a version conflict');
+SELECT throws_ok($$SELECT * FROM api.update_user('a11ce000-0000-4000-8000-000000000001', display_name => 'Zero',
+                                                 expected_version => 0)$$,
+                 'L4001', 'expected_version must be at least 1 (a user starts at version 1)',
+                 'an expected_version below 1 is an invalid request, not a version conflict');
 
 INSERT INTO res SELECT 'rename user', * FROM api.update_user(
     'a11ce000-0000-4000-8000-000000000001', username => 'alice_w', email => 'Alice.W@example.com',
@@ -267,7 +274,9 @@ SELECT isnt((SELECT id FROM ledger.accounts WHERE user_id = 'a11ce000-0000-4000-
             (SELECT id FROM ledger.accounts WHERE user_id = 'a11ce000-0000-4000-8000-000000000001'),
             'the new user has a wallet of its own');
 SELECT throws_ok($$SELECT * FROM api.create_user('a11ce000-0000-4000-8000-000000000001', 'zed', 'zed@example.com')$$,
-                 'L4093', NULL, 'the id of a deleted user stays taken');
+                 'L4093',
+                 'user id a11ce000-0000-4000-8000-000000000001 belonged to a user who was deleted, and is never used again',
+                 'the id of a deleted user stays taken, and the message says why');
 
 SELECT is(api.verify_projections() -> 'ok', 'true'::jsonb, 'the books still verify');
 
