@@ -176,7 +176,8 @@ def body_arguments(op: Operation, body: Mapping[str, Any]) -> dict[str, str | No
     fields = {field.name: field for field in op.body or ()}
     unknown = sorted(set(body) - set(fields))
     if unknown:
-        raise invalid(f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(fields)}")
+        allowed = f"allowed: {', '.join(fields)}" if fields else "this request takes no fields"
+        raise invalid(f"unknown field(s): {', '.join(unknown)}; {allowed}")
     # Every field goes to the function, an absent one as NULL: the database says what is required.
     return {
         name: field_value(field, body[name]) if name in body else None
@@ -253,6 +254,8 @@ def idempotency_key(request: Request) -> str:
 
 async def arguments(request: Request, op: Operation, limit: int) -> dict[str, str | None]:
     """Every named argument of the api function, each as text or NULL."""
+    if request.state.repeated_header:  # Idempotency-Key or X-Request-User-Id (observe.py)
+        raise invalid(f"the {request.state.repeated_header} header is given more than once")
     args: dict[str, str | None] = dict(context_arguments(request))
     if op.writes:
         args["idempotency_key"] = idempotency_key(request)

@@ -29,7 +29,6 @@ from prometheus_client import (
     multiprocess,
 )
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
-from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -332,6 +331,52 @@ def new_correlation_id() -> str:
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
+# The headers a request may give once only, by their ASGI (lower-case) names. A second copy would
+# leave it to each reader which one counts: a different key, user or idempotency key.
+SINGLE_HEADERS = {
+    b"x-api-key": "X-API-Key",
+    b"x-correlation-id": "X-Correlation-Id",
+    b"idempotency-key": "Idempotency-Key",
+    b"x-request-user-id": "X-Request-User-Id",
+}
+
+
+def read_headers(raw: list[tuple[bytes, bytes]]) -> tuple[bytes, str | None, str | None]:
+    """The API key's bytes, the correlation id as UTF-8 text ("" when absent, None when not
+    UTF-8), and the first of SINGLE_HEADERS given twice, in one pass over the headers."""
+    key = correlation = b""
+    seen: set[bytes] = set()
+    repeated = None
+    for name, value in raw:
+        if name in SINGLE_HEADERS:
+            if name in seen:
+                repeated = repeated or SINGLE_HEADERS[name]
+                continue
+            seen.add(name)
+            if name == b"x-api-key":
+                key = value
+            elif name == b"x-correlation-id":
+                correlation = value
+    try:
+        given: str | None = correlation.decode()
+    except UnicodeDecodeError:
+        given = None
+    return key, given, repeated
+
+
+def header_problem(correlation_id: str | None, repeated: str | None) -> str | None:
+    """What makes a request's headers unreadable before its route is known: a correlation id
+    that is not UTF-8 or too long (in characters), an API key or correlation id given twice.
+    A repeated Idempotency-Key or X-Request-User-Id is the route's to refuse, after the key."""
+    if correlation_id is None:
+        return "X-Correlation-Id must be UTF-8 text"
+    if len(correlation_id) > MAX_CORRELATION_ID:
+        return f"X-Correlation-Id is longer than {MAX_CORRELATION_ID} characters"
+    if repeated in ("X-API-Key", "X-Correlation-Id"):
+        return f"the {repeated} header is given more than once"
+    return None
+
+
 ErrorResponse = Callable[[int, str, str], Response]
 KeyName = Callable[[dict[str, Any], int], Awaitable[str | None]]
 
@@ -351,15 +396,15 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        headers = Headers(scope=scope)
         state = scope.setdefault("state", {})
-        given = headers.get("x-correlation-id") or ""
-        correlation_id = given if 0 < len(given) <= MAX_CORRELATION_ID else new_correlation_id()
-        key = headers.get("x-api-key") or ""
+        key, given, repeated = read_headers(scope["headers"])
+        problem = header_problem(given, repeated)
+        correlation_id = given if given and problem is None else new_correlation_id()
         state.update(
             correlation_id=correlation_id,
-            api_key_hash=hashlib.sha256(key.encode("latin-1")).hexdigest() if key else None,
-            key_prefix=mask_key(key) if key else None,
+            api_key_hash=hashlib.sha256(key).hexdigest() if key else None,
+            key_prefix=mask_key(key.decode("latin-1")) if key else None,
+            repeated_header=repeated,
         )
         response = {"status": 500, "started": False}
 
@@ -368,14 +413,13 @@ class RequestContext:
                 response.update(status=message["status"], started=True)
                 message["headers"] = [
                     *message.get("headers", []),
-                    (b"x-correlation-id", correlation_id.encode("latin-1")),
+                    (b"x-correlation-id", correlation_id.encode()),
                 ]
             await send(message)
 
         try:
-            if len(given) > MAX_CORRELATION_ID:
-                too_long = f"X-Correlation-Id is longer than {MAX_CORRELATION_ID} characters"
-                await self.error(400, "invalid_request", too_long)(scope, receive, send_with_id)
+            if problem is not None:
+                await self.error(400, "invalid_request", problem)(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive, send_with_id)
         except Exception:

@@ -50,6 +50,7 @@ class Field:
     pattern: str | None = None
     minimum: int | None = None
     maximum: int | None = None
+    bits: int = 32  # an integer's parameter: integer (32) or bigint (64)
     description: str = ""
     example: Any = None
     items: tuple[Field, ...] = ()  # an array's objects: their fields
@@ -171,12 +172,13 @@ OPERATIONS: tuple[Operation, ...] = (
                 "integer",
                 minimum=1,
                 maximum=2**63 - 1,
+                bits=64,
                 description="refuse with 409 version_conflict unless the user is at this version",
             ),
         ),
         needs_one_of=("username", "email", "display_name"),
-        description="A field that is absent keeps its value, as does a null username or email; "
-        "a null display_name clears it (JSON Merge Patch). Give at least one.",
+        description="A field that is absent keeps its value, as does a null username or email "
+        "(they cannot be removed); a null or empty display_name removes it. Give at least one.",
     ),
     Operation(
         "DELETE",

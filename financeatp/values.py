@@ -57,7 +57,7 @@ def field_value(field: Field, value: Any) -> str | None:
     if field.kind == "integer":
         if isinstance(value, bool) or not isinstance(value, int):
             raise invalid(f"{field.name} must be an integer")
-        return str(value)
+        return integer_text(field, value)
     if not isinstance(value, str):
         if (
             field.kind == "amount"
@@ -87,9 +87,28 @@ def query_value(field: Field, value: str) -> str:
         if time is None:
             raise invalid(f"{field.name} must be an RFC 3339 time such as 2026-01-01T15:46:00Z")
         return value if time["offset"] else value + "Z"
-    if field.kind == "integer" and not INTEGER_PATTERN.fullmatch(value):
-        raise invalid(f"{field.name} must be an integer")
+    if field.kind == "integer":
+        if not INTEGER_PATTERN.fullmatch(value):
+            raise invalid(f"{field.name} must be an integer")
+        if len(value) > MAX_INTEGER_DIGITS:
+            raise out_of_range(field)
+        return integer_text(field, int(value))
     return clean_text(value, field.name)
+
+
+def integer_text(field: Field, value: int) -> str:
+    """An integer that fits the function's parameter (integer or bigint): beyond that, PostgreSQL
+    would refuse it in words that name neither the field nor its range."""
+    limit = 2 ** (field.bits - 1)
+    if not -limit <= value < limit:
+        raise out_of_range(field)
+    return str(value)
+
+
+def out_of_range(field: Field) -> ApiError:
+    if field.minimum is not None and field.maximum is not None:
+        return invalid(f"{field.name} must be between {field.minimum} and {field.maximum}")
+    return invalid(f"{field.name} is out of range")
 
 
 def array_value(field: Field, value: Any) -> str:
@@ -122,8 +141,36 @@ def reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+class AmbiguousBodyError(ValueError):
+    """Valid JSON that does not say one thing: a field given twice (JSON parsers keep the last
+    or the first, so the two ends of a request could read different amounts), or an integer too
+    long to be one of ours."""
+
+
+def unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    fields = dict(pairs)
+    if len(fields) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise AmbiguousBodyError(f"the field {name!r} is given more than once")
+            seen.add(name)
+    return fields
+
+
+def bounded_int(text: str) -> int:
+    if len(text) > MAX_INTEGER_DIGITS:
+        raise AmbiguousBodyError(
+            f"a number in the request body has more than {MAX_INTEGER_DIGITS} digits"
+        )
+    return int(text)
+
+
+MAX_INTEGER_DIGITS = 20  # a bigint has 19 digits and a sign
 # Made once: json.loads and json.dumps with options build a new decoder or encoder on every call.
-DECODER = json.JSONDecoder(parse_constant=reject_constant)
+DECODER = json.JSONDecoder(
+    parse_constant=reject_constant, parse_int=bounded_int, object_pairs_hook=unique_fields
+)
 ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 
@@ -151,6 +198,8 @@ def parse_object(raw: bytes, required: bool) -> dict[str, Any]:
     try:
         # As json.loads reads bytes: UTF-8, or UTF-16/32 by the first bytes.
         body = DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+    except AmbiguousBodyError as ambiguous:
+        raise invalid(str(ambiguous)) from None
     except (ValueError, RecursionError):
         raise invalid("the request body is not valid JSON") from None
     if not isinstance(body, dict):

@@ -68,6 +68,12 @@ def test_user_lifecycle(api: Api, admin_key: str) -> None:
     cleared = api.request("PATCH", f"/users/{user_id}", writer, {"display_name": None})
     assert cleared.status_code == 200, cleared.text
     assert cleared.json()["display_name"] is None and cleared.json()["version"] == 3
+    # ... and the published schema admits that body: one of its "at least one field" branches.
+    document = api.client.get("/openapi.json").json()
+    patch = document["paths"]["/users/{user_id}"]["patch"]["requestBody"]
+    branches = patch["content"]["application/json"]["schema"]["anyOf"]
+    display_name = {"type": "string", "nullable": True}
+    assert {"required": ["display_name"], "properties": {"display_name": display_name}} in branches
     email = f"{user_id[:8]}@example.com"
     renamed = api.request("PATCH", f"/users/{user_id}", writer, {"email": email})
     assert renamed.json()["display_name"] is None and renamed.json()["email"] == email
@@ -641,6 +647,163 @@ def test_correlation_id_round_trip(api: Api, admin_key: str) -> None:
         api.client.get("/healthz", headers={"X-Correlation-Id": cid}),
     ):
         assert response.headers["x-correlation-id"] == cid
+
+
+def test_correlation_id_is_utf8_text(api: Api, admin_key: str) -> None:
+    """Any text of up to 128 characters (not bytes), stored and echoed as the caller wrote it."""
+    user = api.new_user(admin_key)["user_id"]
+    cid = f"café-ü-{uuid.uuid4()}"
+    minted = api.client.post(
+        "/admin/mint",
+        json={"to_user_id": user, "amount": "1"},
+        headers=[
+            (b"X-API-Key", admin_key.encode()),
+            (b"Idempotency-Key", str(uuid.uuid4()).encode()),
+            (b"X-Correlation-Id", cid.encode()),
+        ],
+    )
+    assert minted.status_code == 201, minted.text
+    assert minted.headers.raw[-1] == (b"x-correlation-id", cid.encode())
+    stored = api.dba.execute(
+        "SELECT count(*) FROM ledger.audit_log WHERE correlation_id = %s", [cid]
+    ).fetchone()
+    assert stored == (1,)
+    assert api.server.access_log(cid)["correlation_id"] == cid
+
+    def read(value: bytes) -> Any:
+        return api.client.get(
+            f"/users/{user}",
+            headers=[(b"X-API-Key", admin_key.encode()), (b"X-Correlation-Id", value)],
+        )
+
+    assert read(("é" * 128).encode()).status_code == 200  # 256 bytes, 128 characters
+    expect_error(read(("é" * 129).encode()), 400, "invalid_request")
+    not_utf8 = read(b"caf\xe9")
+    expect_error(not_utf8, 400, "invalid_request")
+    assert not_utf8.json()["message"] == "X-Correlation-Id must be UTF-8 text"
+
+
+def test_a_request_must_say_one_thing(api: Api, admin_key: str) -> None:
+    """A field or header given twice is refused, not read as whichever copy a parser keeps:
+    nothing moves."""
+    alice = api.new_user(admin_key)["user_id"]
+    bob = api.new_user(admin_key)["user_id"]
+    api.mint(admin_key, alice, "10")
+    body = f'{{"from_user_id": "{alice}", "to_user_id": "{bob}", "amount": "1", "amount": "2"}}'
+    twice = api.request(
+        "POST",
+        "/transfers",
+        admin_key,
+        content=body.encode(),
+        acting_user=alice,
+        headers={"Content-Type": "application/json"},
+    )
+    expect_error(twice, 400, "invalid_request")
+    assert twice.json()["message"] == "the field 'amount' is given more than once"
+    legs = (
+        f'{{"from_user_id": "{alice}", "transfers": '
+        f'[{{"to_user_id": "{bob}", "amount": "1", "to_user_id": "{alice}"}}]}}'
+    )
+    expect_error(
+        api.request(
+            "POST", "/transfers/batch", admin_key, content=legs.encode(), acting_user=alice
+        ),
+        400,
+        "invalid_request",
+    )
+
+    good = {"from_user_id": alice, "to_user_id": bob, "amount": "1"}
+    base = [(b"X-API-Key", admin_key.encode()), (b"X-Request-User-Id", alice.encode())]
+    for name, first, second in (
+        (b"Idempotency-Key", str(uuid.uuid4()), str(uuid.uuid4())),
+        (b"X-Request-User-Id", alice, bob),
+        (b"X-API-Key", admin_key, "sk_live_unknown"),
+        (b"X-Correlation-Id", "one", "two"),
+    ):
+        headers = [*base, (b"Idempotency-Key", str(uuid.uuid4()).encode())]
+        headers = [h for h in headers if h[0] != name] + [
+            (name, first.encode()),
+            (name, second.encode()),
+        ]
+        response = api.client.post("/transfers", json=good, headers=headers)
+        expect_error(response, 400, "invalid_request")
+        expected = f"the {name.decode()} header is given more than once"
+        assert response.json()["message"] == expected, response.text
+    # A repeated header is a malformed request like any other: the key is judged first.
+    unknown = api.client.post(
+        "/transfers",
+        json=good,
+        headers=[
+            (b"X-API-Key", b"sk_live_unknown"),
+            (b"Idempotency-Key", str(uuid.uuid4()).encode()),
+            (b"Idempotency-Key", str(uuid.uuid4()).encode()),
+        ],
+    )
+    expect_error(unknown, 401, "invalid_api_key")
+    assert api.balance(admin_key, alice) == "10.00000000"
+
+
+def test_integers_out_of_range_name_their_field(api: Api, admin_key: str) -> None:
+    alice = api.new_user(admin_key)["user_id"]
+    bob = api.new_user(admin_key)["user_id"]
+    cases = {
+        "limit beyond integer": (
+            api.request(
+                "GET", f"/users/{alice}/history", admin_key, params={"limit": "99999999999"}
+            ),
+            "limit must be between 1 and 200",
+        ),
+        "limit of 5,000 digits": (
+            api.request("GET", "/admin/events", admin_key, params={"limit": "9" * 5000}),
+            "limit must be between 1 and 1000",
+        ),
+        "expected_version beyond bigint": (
+            api.request(
+                "PATCH",
+                f"/users/{alice}",
+                admin_key,
+                {"display_name": "x", "expected_version": 2**63},
+            ),
+            "expected_version must be between 1 and 9223372036854775807",
+        ),
+        "expected_version below 1": (
+            api.request(
+                "PATCH", f"/users/{alice}", admin_key, {"display_name": "x", "expected_version": 0}
+            ),
+            "expected_version must be at least 1 (a user starts at version 1)",
+        ),
+        "expires_in_seconds beyond integer": (
+            api.request(
+                "POST",
+                "/holds",
+                admin_key,
+                {
+                    "from_user_id": alice,
+                    "to_user_id": bob,
+                    "amount": "1",
+                    "expires_in_seconds": 2**31,
+                },
+                acting_user=alice,
+            ),
+            "expires_in_seconds must be between 1 and 2592000",
+        ),
+        "a number of 5,000 digits": (
+            api.request(
+                "POST",
+                "/holds",
+                admin_key,
+                content=(
+                    f'{{"from_user_id": "{alice}", "to_user_id": "{bob}", "amount": "1", '
+                    f'"expires_in_seconds": {"9" * 5000}}}'
+                ).encode(),
+                acting_user=alice,
+            ),
+            "a number in the request body has more than 20 digits",
+        ),
+    }
+    for name, (response, message) in cases.items():
+        expect_error(response, 400, "invalid_request")
+        assert response.json()["message"] == message, f"{name}: {response.text}"
 
 
 def test_forwarded_for_is_believed_only_from_named_proxies(

@@ -116,6 +116,11 @@ def test_capture_all_by_default_and_void(api: Api, admin_key: str) -> None:
     assert whole.json()["captured_amount"] == "10.00000000"
 
     second = hold(api, admin_key, alice, bob, "40").json()
+    with_reason = api.request(
+        "POST", f"/holds/{second['hold_id']}/void", admin_key, {"reason": "x"}, acting_user=bob
+    )
+    expect_error(with_reason, 400, "invalid_request")
+    assert with_reason.json()["message"] == "unknown field(s): reason; this request takes no fields"
     voided = api.request("POST", f"/holds/{second['hold_id']}/void", admin_key, acting_user=bob)
     assert voided.status_code == 200, voided.text
     assert (voided.json()["status"], voided.json()["captured_amount"]) == ("voided", "0.00000000")
