@@ -114,7 +114,10 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
                 "type": "array",
                 "items": obj(
                     {
-                        "id": {**UUID_SCHEMA, "description": "the transfer, mint or burn id"},
+                        "id": {
+                            **UUID_SCHEMA,
+                            "description": "the transfer, mint, burn or refund id",
+                        },
                         "kind": {
                             "type": "string",
                             "enum": [
@@ -316,8 +319,16 @@ def body_schema(op: Operation) -> dict[str, Any]:
         "required": [field.name for field in fields if field.required],
     }
     if op.needs_one_of:
+        by_name = {field.name: field for field in fields}
+        # At least one of them, given as a value; a field whose null means something (a PATCH's
+        # display_name: remove it) counts with its null too.
         schema["anyOf"] = [
-            {"required": [name], "properties": {name: {"type": "string"}}}
+            {
+                "required": [name],
+                "properties": {
+                    name: {"type": "string", "nullable": by_name[name].null_as is not None}
+                },
+            }
             for name in op.needs_one_of
         ]
     return schema
@@ -350,14 +361,10 @@ def parameters(op: Operation) -> list[dict[str, Any]]:
                 "a new UUID per request; the same key with the same request replays the response",
             )
         )
-    params.append(
-        header_parameter(
-            "X-Request-User-Id",
-            op.needs_acting_user,
-            UUID_SCHEMA,
-            "the person acting (from the front end); recorded with the events and audit rows",
-        )
-    )
+    acting = "the person acting (from the front end); recorded with the events and audit rows"
+    if op.needs_acting_user:
+        acting += "; without it, or naming a user who may not act here, 403 unauthorized_transfer"
+    params.append(header_parameter("X-Request-User-Id", op.needs_acting_user, UUID_SCHEMA, acting))
     params.append({"$ref": "#/components/parameters/CorrelationId"})
     return params
 
@@ -477,7 +484,8 @@ def openapi_document(database_errors: Iterable[ErrorCode]) -> dict[str, Any]:
                     "X-Correlation-Id",
                     False,
                     {"type": "string", "maxLength": MAX_CORRELATION_ID},
-                    "any text up to 128 characters, echoed and stored with events and audit rows",
+                    "UTF-8 text of up to 128 characters, echoed and stored with events and "
+                    "audit rows",
                 )
             },
         },

@@ -48,7 +48,7 @@ export interface paths {
         head?: never;
         /**
          * Change a user's username, email or display name
-         * @description Needs the write permission. Calls api.update_user. A field that is absent keeps its value, as does a null username or email; a null display_name clears it (JSON Merge Patch). Give at least one.
+         * @description Needs the write permission. Calls api.update_user. A field that is absent keeps its value, as does a null username or email (they cannot be removed); a null or empty display_name removes it. Give at least one.
          */
         patch: operations["update_user"];
         trace?: never;
@@ -385,7 +385,7 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
-                    /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                    /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                     "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
                 };
                 path?: never;
@@ -426,7 +426,7 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
-                    /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                    /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                     "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
                 };
                 path?: never;
@@ -468,7 +468,7 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
-                    /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                    /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                     "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
                 };
                 path?: never;
@@ -509,7 +509,7 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
-                    /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                    /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                     "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
                 };
                 path?: never;
@@ -550,7 +550,7 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
-                    /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                    /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                     "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
                 };
                 path?: never;
@@ -659,7 +659,7 @@ export interface components {
             items: {
                 /**
                  * Format: uuid
-                 * @description the transfer, mint or burn id
+                 * @description the transfer, mint, burn or refund id
                  */
                 id: string;
                 /** @enum {string} */
@@ -927,7 +927,7 @@ export interface components {
                 "application/json": components["schemas"]["Error"];
             };
         };
-        /** @description permission_denied: The API key lacks the permission this call needs.; unauthorized_transfer: The acting user is not the sender of the transfer.; append_only: Events, journal lines and audit rows cannot be changed or removed. */
+        /** @description permission_denied: The API key lacks the permission this call needs.; unauthorized_transfer: The acting user (X-Request-User-Id) may not move this money: a transfer, hold or batch is made by its sender, a refund by the transfer's receiver, a capture or void by the hold's sender or receiver.; append_only: Events, journal lines and audit rows cannot be changed or removed. */
         E403: {
             headers: {
                 "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
@@ -957,7 +957,7 @@ export interface components {
                 "application/json": components["schemas"]["Error"];
             };
         };
-        /** @description idempotency_conflict: The idempotency key was used for a different request.; version_conflict: The record changed meanwhile; read it again and retry.; user_exists: The user id, username or email is taken.; balance_not_zero: A user with a balance cannot be deleted.; hold_not_pending: The hold was captured, voided or has expired.; pending_holds: A user with pending holds cannot be deleted. */
+        /** @description idempotency_conflict: The idempotency key was used for a different request.; version_conflict: The record changed meanwhile; read it again and retry.; user_exists: The user id, username or email is taken (a deleted user's id is never used again).; balance_not_zero: A user with a balance cannot be deleted.; hold_not_pending: The hold was captured, voided or has expired.; pending_holds: A user with pending holds cannot be deleted. */
         E409: {
             headers: {
                 "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
@@ -1001,7 +1001,7 @@ export interface components {
         };
     };
     parameters: {
-        /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+        /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
         CorrelationId: string;
     };
     requestBodies: never;
@@ -1025,7 +1025,7 @@ export interface operations {
                 "Idempotency-Key": string;
                 /** @description the person acting (from the front end); recorded with the events and audit rows */
                 "X-Request-User-Id"?: string;
-                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path?: never;
@@ -1084,7 +1084,7 @@ export interface operations {
             header?: {
                 /** @description the person acting (from the front end); recorded with the events and audit rows */
                 "X-Request-User-Id"?: string;
-                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path: {
@@ -1120,7 +1120,7 @@ export interface operations {
                 "Idempotency-Key": string;
                 /** @description the person acting (from the front end); recorded with the events and audit rows */
                 "X-Request-User-Id"?: string;
-                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path: {
@@ -1158,7 +1158,7 @@ export interface operations {
                 "Idempotency-Key": string;
                 /** @description the person acting (from the front end); recorded with the events and audit rows */
                 "X-Request-User-Id"?: string;
-                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path: {
@@ -1191,7 +1191,7 @@ export interface operations {
                 } | {
                     email: string;
                 } | {
-                    display_name: string;
+                    display_name: string | null;
                 };
             };
         };
@@ -1225,7 +1225,7 @@ export interface operations {
             header?: {
                 /** @description the person acting (from the front end); recorded with the events and audit rows */
                 "X-Request-User-Id"?: string;
-                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path: {
@@ -1262,7 +1262,7 @@ export interface operations {
             header?: {
                 /** @description the person acting (from the front end); recorded with the events and audit rows */
                 "X-Request-User-Id"?: string;
-                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path: {
@@ -1296,9 +1296,9 @@ export interface operations {
             header: {
                 /** @description a new UUID per request; the same key with the same request replays the response */
                 "Idempotency-Key": string;
-                /** @description the person acting (from the front end); recorded with the events and audit rows */
+                /** @description the person acting (from the front end); recorded with the events and audit rows; without it, or naming a user who may not act here, 403 unauthorized_transfer */
                 "X-Request-User-Id": string;
-                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path?: never;
@@ -1352,9 +1352,9 @@ export interface operations {
             header: {
                 /** @description a new UUID per request; the same key with the same request replays the response */
                 "Idempotency-Key": string;
-                /** @description the person acting (from the front end); recorded with the events and audit rows */
+                /** @description the person acting (from the front end); recorded with the events and audit rows; without it, or naming a user who may not act here, 403 unauthorized_transfer */
                 "X-Request-User-Id": string;
-                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path?: never;
@@ -1411,9 +1411,9 @@ export interface operations {
             header: {
                 /** @description a new UUID per request; the same key with the same request replays the response */
                 "Idempotency-Key": string;
-                /** @description the person acting (from the front end); recorded with the events and audit rows */
+                /** @description the person acting (from the front end); recorded with the events and audit rows; without it, or naming a user who may not act here, 403 unauthorized_transfer */
                 "X-Request-User-Id": string;
-                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path?: never;
@@ -1469,9 +1469,9 @@ export interface operations {
             header: {
                 /** @description a new UUID per request; the same key with the same request replays the response */
                 "Idempotency-Key": string;
-                /** @description the person acting (from the front end); recorded with the events and audit rows */
+                /** @description the person acting (from the front end); recorded with the events and audit rows; without it, or naming a user who may not act here, 403 unauthorized_transfer */
                 "X-Request-User-Id": string;
-                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path: {
@@ -1518,9 +1518,9 @@ export interface operations {
             header: {
                 /** @description a new UUID per request; the same key with the same request replays the response */
                 "Idempotency-Key": string;
-                /** @description the person acting (from the front end); recorded with the events and audit rows */
+                /** @description the person acting (from the front end); recorded with the events and audit rows; without it, or naming a user who may not act here, 403 unauthorized_transfer */
                 "X-Request-User-Id": string;
-                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path: {
@@ -1561,7 +1561,7 @@ export interface operations {
             header?: {
                 /** @description the person acting (from the front end); recorded with the events and audit rows */
                 "X-Request-User-Id"?: string;
-                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path: {
@@ -1597,7 +1597,7 @@ export interface operations {
                 "Idempotency-Key": string;
                 /** @description the person acting (from the front end); recorded with the events and audit rows */
                 "X-Request-User-Id"?: string;
-                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path?: never;
@@ -1646,7 +1646,7 @@ export interface operations {
             header?: {
                 /** @description the person acting (from the front end); recorded with the events and audit rows */
                 "X-Request-User-Id"?: string;
-                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path: {
@@ -1680,9 +1680,9 @@ export interface operations {
             header: {
                 /** @description a new UUID per request; the same key with the same request replays the response */
                 "Idempotency-Key": string;
-                /** @description the person acting (from the front end); recorded with the events and audit rows */
+                /** @description the person acting (from the front end); recorded with the events and audit rows; without it, or naming a user who may not act here, 403 unauthorized_transfer */
                 "X-Request-User-Id": string;
-                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path: {
@@ -1733,7 +1733,7 @@ export interface operations {
                 "Idempotency-Key": string;
                 /** @description the person acting (from the front end); recorded with the events and audit rows */
                 "X-Request-User-Id"?: string;
-                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path?: never;
@@ -1787,7 +1787,7 @@ export interface operations {
                 "Idempotency-Key": string;
                 /** @description the person acting (from the front end); recorded with the events and audit rows */
                 "X-Request-User-Id"?: string;
-                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path?: never;
@@ -1838,7 +1838,7 @@ export interface operations {
                 "Idempotency-Key": string;
                 /** @description the person acting (from the front end); recorded with the events and audit rows */
                 "X-Request-User-Id"?: string;
-                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path: {
@@ -1884,7 +1884,7 @@ export interface operations {
                 "Idempotency-Key": string;
                 /** @description the person acting (from the front end); recorded with the events and audit rows */
                 "X-Request-User-Id"?: string;
-                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path: {
@@ -1931,7 +1931,7 @@ export interface operations {
             header?: {
                 /** @description the person acting (from the front end); recorded with the events and audit rows */
                 "X-Request-User-Id"?: string;
-                /** @description any text up to 128 characters, echoed and stored with events and audit rows */
+                /** @description UTF-8 text of up to 128 characters, echoed and stored with events and audit rows */
                 "X-Correlation-Id"?: components["parameters"]["CorrelationId"];
             };
             path?: never;
