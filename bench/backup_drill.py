@@ -20,7 +20,8 @@ actually restores to a timestamp and verifies the ledger:
    is there and none of before is missing; api.verify_projections() and
    api.verify_audit_chain() hold; and a new transfer succeeds.
 
-Writes bench/out/backup_drill.json; exits 1 if any check fails.
+Writes bench/out/backup_drill.json; exits 1 if any check fails. BACKUP_DRILL_RESTORE=latest restores
+to the end of the archived WAL instead of the target, and the drill fails, as it should.
 """
 
 from __future__ import annotations
@@ -162,9 +163,14 @@ def restore(cluster: harness.Cluster, conf: Path, target: str) -> dict[str, floa
     cluster.data.mkdir(mode=0o700)
     if cluster.account is not None:
         os.chown(cluster.data, *cluster.account)
-    seconds = pgbackrest(
-        cluster, conf, "restore", "--type=time", f"--target={target}", "--target-action=promote"
-    )
+    # BACKUP_DRILL_RESTORE=latest replays all the WAL instead, as a restore that forgot its target
+    # would: the drill must then fail (the transfers after the target come back).
+    if os.environ.get("BACKUP_DRILL_RESTORE", "target") == "latest":
+        seconds = pgbackrest(cluster, conf, "restore")
+    else:
+        seconds = pgbackrest(
+            cluster, conf, "restore", "--type=time", f"--target={target}", "--target-action=promote"
+        )
     started = time.monotonic()
     cluster.start()
     deadline = time.monotonic() + 300
