@@ -34,6 +34,8 @@ REVOKE ALL ON FUNCTION api.authenticate(text, text, uuid, text, inet) FROM PUBLI
 GRANT EXECUTE ON FUNCTION api.authenticate(text, text, uuid, text, inet) TO atp_app, atp_dba;
 COMMENT ON FUNCTION api.authenticate(text, text, uuid, text, inet) IS
 'Checks an API key by its SHA-256 (hex): known, active, not expired, holding the permission, within its
-per-minute rate limit (the request counts). Every other api function does the same check itself.
-Errors: L4011 invalid_api_key, L4031 permission_denied, L4291 rate_limit_exceeded (DETAIL holds retry_after).
+per-minute rate limit (the request counts). Every other api function does the same check itself, and so can raise
+these errors too (and L4001 for a correlation_id longer than 128 characters). Returns the key: {api_key_id, name,
+key_prefix, permissions, rate_limit_per_minute, expires_at}.
+Errors: L4001 invalid_request (a permission other than read, write or admin), L4011 invalid_api_key, L4031 permission_denied, L4291 rate_limit_exceeded (DETAIL holds retry_after).
 Example: SELECT api.authenticate(encode(sha256(''sk_live_...''::bytea), ''hex''), ''write'');';

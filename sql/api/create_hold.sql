@@ -56,6 +56,8 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = _problem;
     ELSIF length(create_hold.memo) > 500 THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'memo is longer than 500 characters';
+    ELSIF create_hold.from_user_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'from_user_id is required';
     ELSIF create_hold.to_user_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'to_user_id is required';
     ELSIF create_hold.from_user_id = create_hold.to_user_id THEN

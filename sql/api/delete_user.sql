@@ -82,5 +82,5 @@ GRANT EXECUTE ON FUNCTION api.delete_user(uuid, uuid, text, text, uuid, text, in
 COMMENT ON FUNCTION api.delete_user(uuid, uuid, text, text, uuid, text, inet) IS
 'Deletes a user logically: history stays, the wallet closes, username and email become free again.
 Refused while the balance is not zero or the user has pending holds (as sender or receiver). Needs write.
-Errors: L4041 user_not_found, L4094 balance_not_zero, L4096 pending_holds, L4091 idempotency_conflict.
+Errors: L4001 invalid_request, L4041 user_not_found, L4094 balance_not_zero, L4096 pending_holds, L4091 idempotency_conflict.
 Returns (status 200, body, replayed). Example: SELECT * FROM api.delete_user(:alice);';

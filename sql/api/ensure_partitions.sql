@@ -30,4 +30,5 @@ GRANT EXECUTE ON FUNCTION api.ensure_partitions(integer, text, uuid, text, inet)
 COMMENT ON FUNCTION api.ensure_partitions(integer, text, uuid, text, inet) IS
 'Creates the monthly partitions of events and ledger entries from this month to months_ahead months ahead (scheduled
 daily and run by every migrate). Lists months it could not create because their rows already sit in the default
-partition. Needs an admin key, or a keyless call from atp_dba or atp_app. Example: SELECT api.ensure_partitions(6);';
+partition. Needs an admin key, or a keyless call from atp_dba or atp_app.
+Errors: L4001 invalid_request (months_ahead not between 0 and 120). Example: SELECT api.ensure_partitions(6);';

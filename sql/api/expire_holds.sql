@@ -20,6 +20,9 @@ DECLARE
 BEGIN
     _ctx := ledger.authorize(expire_holds.api_key_hash, 'maintenance', expire_holds.request_user_id,
                              expire_holds.correlation_id, expire_holds.client_addr);
+    IF expire_holds.max_holds < 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'max_holds must not be negative (NULL: no limit)';
+    END IF;
     -- A hold a capture or void has locked is theirs to settle: skipped, and gone by the next run.
     FOR _hold IN SELECT * FROM ledger.holds
                   WHERE status = 'pending' AND expires_at <= now()
@@ -58,4 +61,4 @@ GRANT EXECUTE ON FUNCTION api.expire_holds(integer, text, uuid, text, inet) TO a
 COMMENT ON FUNCTION api.expire_holds(integer, text, uuid, text, inet) IS
 'Releases what pending holds past expires_at reserve (at most max_holds, oldest first): each becomes expired, with its
 event and audit row. api.run_maintenance runs it. Returns how many. Needs an admin key, or a keyless call from
-atp_dba or atp_app. Example: SELECT api.expire_holds();';
+atp_dba or atp_app. Errors: L4001 invalid_request (max_holds below 0). Example: SELECT api.expire_holds();';

@@ -109,4 +109,5 @@ batch, and the error''s DETAIL is {"index": n} (0-based).
 Errors: L4001 invalid_request, L4003 account_frozen, L4004 balance_limit_exceeded, L4041 user_not_found,
 L4091 idempotency_conflict.
 Returns (status 201, body {batch_id, amount, reason, mints, created_at}, replayed). Example:
-SELECT * FROM api.mint_batch(''[{"to_user_id": "...alice...", "amount": "100"}, {"to_user_id": "...bob...", "amount": "50"}]'', ''airdrop'');';
+SELECT * FROM api.mint_batch(jsonb_build_array(jsonb_build_object(''to_user_id'', :alice, ''amount'', ''100''),
+                                              jsonb_build_object(''to_user_id'', :bob, ''amount'', ''50'')), ''airdrop'');';

@@ -158,5 +158,5 @@ more than the transfer in all: they are serialized by the lock of the receiver''
 Errors: L4001 invalid_request, L4002 insufficient_balance, L4003 account_frozen, L4004 balance_limit_exceeded,
 L4006 refund_exceeds_transfer, L4032 unauthorized_transfer, L4041 user_not_found, L4042 not_found,
 L4091 idempotency_conflict.
-Returns (status 201, body {refund_id, transfer_id, from_user_id, to_user_id, amount, reason, created_at}, replayed).
+Returns (status 201, body {refund_id, status, transfer_id, from_user_id, to_user_id, amount, reason, created_at}, replayed).
 Example: SELECT * FROM api.refund_transfer(:transfer_id, 2.5, ''damaged item'', request_user_id => :bob);';

@@ -34,4 +34,5 @@ REVOKE ALL ON FUNCTION api.seal_audit(integer, text, uuid, text, inet) FROM PUBL
 GRANT EXECUTE ON FUNCTION api.seal_audit(integer, text, uuid, text, inet) TO atp_app, atp_dba;
 COMMENT ON FUNCTION api.seal_audit(integer, text, uuid, text, inet) IS
 'Chains the audit rows of finished transactions into seals (scheduled every minute; safe to run by hand at any time).
-Needs an admin key, or a keyless call from atp_dba or atp_app. Example: SELECT api.seal_audit();';
+Needs an admin key, or a keyless call from atp_dba or atp_app. Errors: L4001 invalid_request (max_rows below 1).
+Example: SELECT api.seal_audit();';

@@ -119,5 +119,7 @@ DETAIL is {"index": n} (0-based).
 Errors: L4001 invalid_request, L4002 insufficient_balance, L4003 account_frozen, L4004 balance_limit_exceeded,
 L4032 unauthorized_transfer, L4041 user_not_found, L4091 idempotency_conflict.
 Returns (status 201, body {batch_id, from_user_id, amount, transfers, created_at}, replayed). Example:
-SELECT * FROM api.transfer_batch(:alice, ''[{"to_user_id": "...bob...", "amount": "95"},
-  {"to_user_id": "00000000-0000-0000-0000-000000000002", "amount": "5", "memo": "fee"}]'', request_user_id => :alice);';
+SELECT * FROM api.transfer_batch(:alice, jsonb_build_array(
+    jsonb_build_object(''to_user_id'', :bob, ''amount'', ''95''),
+    jsonb_build_object(''to_user_id'', ''00000000-0000-0000-0000-000000000002'', ''amount'', ''5'', ''memo'', ''fee'')),
+    request_user_id => :alice);';

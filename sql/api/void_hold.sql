@@ -92,6 +92,6 @@ GRANT EXECUTE ON FUNCTION api.void_hold(uuid, uuid, text, text, uuid, text, inet
 COMMENT ON FUNCTION api.void_hold(uuid, uuid, text, text, uuid, text, inet) IS
 'Voids a pending hold: releases all it reserves, nothing moves. The acting user (request_user_id) must be the sender
 or the receiver; allowed on a frozen wallet. Needs write.
-Errors: L4032 unauthorized_transfer, L4042 not_found, L4091 idempotency_conflict,
+Errors: L4001 invalid_request, L4032 unauthorized_transfer, L4042 not_found, L4091 idempotency_conflict,
 L4095 hold_not_pending (captured, voided, or past expires_at).
 Returns (status 200, body: the hold, replayed). Example: SELECT * FROM api.void_hold(:hold_id, request_user_id => :alice);';

@@ -2,7 +2,7 @@
 -- reserve (transfer, burn and another hold are checked against it), their events, journal lines and
 -- audit rows, every error, idempotency, delete_user's refusal, verify and rebuild of held.
 BEGIN;
-SELECT plan(89);
+SELECT plan(91);
 
 CREATE TEMP TABLE k (name text PRIMARY KEY, id uuid, key text, hash text);
 INSERT INTO k
@@ -108,6 +108,8 @@ SELECT throws_ok($$SELECT * FROM api.create_hold('a11ce000-0000-4000-8000-000000
 SELECT throws_ok($$SELECT * FROM api.create_hold('a11ce000-0000-4000-8000-000000000001',
                    NULL, 1, request_user_id => 'a11ce000-0000-4000-8000-000000000001')$$,
                  'L4001', NULL, 'a hold needs a receiver');
+SELECT throws_ok($$SELECT * FROM api.create_hold(NULL, 'b0b00000-0000-4000-8000-000000000002', 1)$$,
+                 'L4001', 'from_user_id is required', 'a hold needs a sender (a DBA''s call, no acting user)');
 SELECT throws_ok($$SELECT * FROM api.create_hold('a11ce000-0000-4000-8000-000000000001',
                    'b0b00000-0000-4000-8000-000000000002', 1, repeat('m', 501),
                    request_user_id => 'a11ce000-0000-4000-8000-000000000001')$$,
@@ -286,6 +288,8 @@ SELECT results_eq($$SELECT event_type, correlation_id FROM ledger.events WHERE a
                   $$VALUES ('HoldExpired'::text, 'corr-expire'::text)$$, 'the expiry is an event of the hold');
 SELECT is((SELECT count(*)::int FROM ledger.audit_log WHERE action = 'hold.expire'), 1, 'with its audit row');
 SELECT is(api.expire_holds(), 0::bigint, 'a second run finds nothing to expire');
+SELECT throws_ok('SELECT api.expire_holds(-1)', 'L4001', 'max_holds must not be negative (NULL: no limit)',
+                 'a negative max_holds is invalid_request');
 SELECT lives_ok($$SELECT * FROM api.delete_user('ca201000-0000-4000-8000-000000000003')$$,
                 'with no pending hold, the receiver can be deleted');
 SELECT throws_ok($$SELECT * FROM api.delete_user('a11ce000-0000-4000-8000-000000000001')$$,
