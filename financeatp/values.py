@@ -1,6 +1,6 @@
-"""A request's JSON values as the text PostgreSQL parses: only JSON types, UUID shapes, text that
-PostgreSQL can store, and the body's size are judged here; every rule about what a value means
-is the database's."""
+"""A request's JSON values as the text PostgreSQL parses: only JSON types, UUID shapes, integers
+that fit their parameter's type, text that PostgreSQL can store, each field given once, and the
+body's size are judged here; every rule about what a value means is the database's."""
 
 from __future__ import annotations
 
