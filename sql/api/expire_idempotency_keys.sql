@@ -29,6 +29,6 @@ $$;
 REVOKE ALL ON FUNCTION api.expire_idempotency_keys(text, uuid, text, inet) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.expire_idempotency_keys(text, uuid, text, inet) TO atp_app, atp_dba;
 COMMENT ON FUNCTION api.expire_idempotency_keys(text, uuid, text, inet) IS
-'Deletes stored idempotency responses past their expiry (financeatp.idempotency_ttl, default 24 hours; an expired key
+'Deletes stored idempotency responses past their expiry (ledger.settings.idempotency_ttl, default 24 hours; an expired key
 is already ignored before it is deleted). Returns how many. Needs an admin key, or a keyless call from atp_dba or
 atp_app. Example: SELECT api.expire_idempotency_keys();';

@@ -1,5 +1,5 @@
 -- Stores the response of an executed request, in the transaction that made its effects.
--- Keys live financeatp.idempotency_ttl (default 24 hours).
+-- Keys live ledger.settings' idempotency_ttl (default 24 hours).
 CREATE OR REPLACE FUNCTION ledger.idempotency_store(
     ctx ledger.request_context,
     idempotency_key uuid,
@@ -17,9 +17,10 @@ BEGIN
     END IF;
     INSERT INTO ledger.idempotency_keys (scope, key, operation, request_hash, response_status,
                                          response_body, expires_at)
-    VALUES (ctx.scope, idempotency_store.idempotency_key, idempotency_store.operation,
-            idempotency_store.request_hash, idempotency_store.response_status, idempotency_store.response_body,
-            ledger.idempotency_expiry())
+    SELECT ctx.scope, idempotency_store.idempotency_key, idempotency_store.operation,
+           idempotency_store.request_hash, idempotency_store.response_status, idempotency_store.response_body,
+           e.expires_at
+      FROM ledger.idempotency_expires_at() e
     -- The caller holds the key's lock and found no live response under it (ledger.idempotency_lookup):
     -- a row here can only be an expired one.
     ON CONFLICT (scope, key) DO UPDATE

@@ -50,7 +50,8 @@ BEGIN
     INSERT INTO ledger.idempotency_keys AS i (scope, key, operation, request_hash, response_status,
                                               response_body, created_at, expires_at)
     SELECT ctx.scope, post_hold.idempotency_key, 'create_hold', post_hold.request_hash, 201,
-           post_hold.response_body, post_hold.at, ledger.idempotency_expiry()
+           post_hold.response_body, post_hold.at, e.expires_at
+      FROM ledger.idempotency_expires_at() e
      WHERE post_hold.idempotency_key IS NOT NULL
     ON CONFLICT (scope, key) DO UPDATE
        SET operation = excluded.operation, request_hash = excluded.request_hash,

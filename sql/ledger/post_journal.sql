@@ -125,7 +125,8 @@ BEGIN
     INSERT INTO ledger.idempotency_keys AS i (scope, key, operation, request_hash, response_status,
                                               response_body, created_at, expires_at)
     SELECT ctx.scope, post_journal.idempotency_key, post_journal.operation, post_journal.request_hash,
-           post_journal.response_status, post_journal.response_body, post_journal.at, ledger.idempotency_expiry()
+           post_journal.response_status, post_journal.response_body, post_journal.at, e.expires_at
+      FROM ledger.idempotency_expires_at() e
      WHERE post_journal.idempotency_key IS NOT NULL
     ON CONFLICT (scope, key) DO UPDATE
        SET operation = excluded.operation, request_hash = excluded.request_hash,

@@ -89,7 +89,8 @@ BEGIN
     INSERT INTO ledger.idempotency_keys AS i (scope, key, operation, request_hash, response_status,
                                               response_body, created_at, expires_at)
     SELECT ctx.scope, post_transfer.idempotency_key, post_transfer.action, post_transfer.request_hash, 201,
-           post_transfer.response_body, post_transfer.at, ledger.idempotency_expiry()
+           post_transfer.response_body, post_transfer.at, e.expires_at
+      FROM ledger.idempotency_expires_at() e
      WHERE post_transfer.idempotency_key IS NOT NULL
     ON CONFLICT (scope, key) DO UPDATE
        SET operation = excluded.operation, request_hash = excluded.request_hash,

@@ -1,7 +1,7 @@
 -- Idempotency: replays, conflicts, scoping per API key (or database role), expiry, and which
 -- outcomes are stored (successes only).
 BEGIN;
-SELECT plan(55);
+SELECT plan(57);
 
 CREATE TEMP TABLE k (name text PRIMARY KEY, id uuid, key text, hash text);
 INSERT INTO k
@@ -236,23 +236,30 @@ SELECT is((SELECT response_body ->> 'username' FROM ledger.idempotency_keys
             WHERE key = '1d000000-0000-4000-8000-000000000001'),
           'dave', 'and the new response replaces the expired one');
 
-SET LOCAL financeatp.idempotency_ttl = '90 minutes';
+UPDATE ledger.settings SET idempotency_ttl = '90 minutes';
 SELECT * FROM api.mint('b0b00000-0000-4000-8000-000000000002', 1, idempotency_key => '1d000000-0000-4000-8000-00000000000a')
 \g /dev/null
 SELECT is((SELECT expires_at FROM ledger.idempotency_keys WHERE key = '1d000000-0000-4000-8000-00000000000a'),
-          now() + interval '90 minutes', 'financeatp.idempotency_ttl sets how long a response is kept');
+          now() + interval '90 minutes', 'ledger.settings.idempotency_ttl sets how long a response is kept');
 SELECT * FROM api.create_user('77170000-0000-4000-8000-000000000077', 'ttlcarol', 'ttlcarol@example.com',
                               idempotency_key => '1d000000-0000-4000-8000-00000000000c') \g /dev/null
 SELECT is((SELECT expires_at FROM ledger.idempotency_keys WHERE key = '1d000000-0000-4000-8000-00000000000c'),
           now() + interval '90 minutes', 'and so for writes that store their response apart from a journal');
-SET LOCAL financeatp.idempotency_ttl = '0';
+-- A session's own setting changes nothing: the TTL was once financeatp.idempotency_ttl, which any
+-- connection could set below zero for itself and so have a key executed at every call.
+SET LOCAL financeatp.idempotency_ttl = '-1 hour';
 SELECT * FROM api.mint('b0b00000-0000-4000-8000-000000000002', 1, idempotency_key => '1d000000-0000-4000-8000-00000000000b')
 \g /dev/null
-RESET financeatp.idempotency_ttl;
-SELECT is((SELECT replayed FROM api.mint('b0b00000-0000-4000-8000-000000000002', 2,
+SELECT is((SELECT replayed FROM api.mint('b0b00000-0000-4000-8000-000000000002', 1,
                                          idempotency_key => '1d000000-0000-4000-8000-00000000000b')),
-          false, 'with a TTL of 0 a key is forgotten at once');
-SELECT is(pg_temp.wallet('b0b00000-0000-4000-8000-000000000002'), 522::numeric, 'all three mints happened');
+          true, 'a session setting of the TTL changes nothing: the same key is replayed');
+RESET financeatp.idempotency_ttl;
+SELECT is(pg_temp.wallet('b0b00000-0000-4000-8000-000000000002'), 520::numeric, 'two mints happened, the replay moved nothing');
+SELECT throws_ok($$UPDATE ledger.settings SET idempotency_ttl = '0'$$, '23514', NULL, 'a TTL under one second is refused');
+SET LOCAL ROLE atp_app;
+SELECT throws_ok($$UPDATE ledger.settings SET idempotency_ttl = '1 second'$$, '42501', NULL,
+                 'the application role cannot change the settings');
+RESET ROLE;
 
 SELECT is(api.verify_projections() -> 'ok', 'true'::jsonb, 'the books verify');
 
