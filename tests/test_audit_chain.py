@@ -228,6 +228,10 @@ def test_deleted_sealed_row_breaks_its_seal(
     assert result["ok"] is False
     assert reported(result) == (set(), {seal_no}), result
     assert result["rows"] == result["sealed_rows"]
+    # ... and the mint's journal has lost the row that says what it was.
+    assert [p["problem"] for p in result["problems"] if "journal_id" in p] == [
+        "journal has no audit row"
+    ]
 
 
 def test_forged_row_in_sealed_range_breaks_its_seal(
@@ -260,7 +264,51 @@ def test_forged_row_in_sealed_range_breaks_its_seal(
     assert last_tx_of_seal > int(first_tx), "the forged row must sit inside a sealed range"
     result = verify(dba)
     assert result["ok"] is False
-    assert reported(result) == (set(), {seal_no}), result
+    # Found twice: by its seal, and as a mint that posted no journal.
+    assert reported(result) == ({forged_id}, {seal_no}), result
+
+
+def test_journal_that_disagrees_with_its_audit_row_is_found(
+    dba: psycopg.Connection, history: dict[str, Any]
+) -> None:
+    """Journal lines rewritten around the append-only triggers, the audit rows left alone: an
+    inflated mint, a transfer whose credit goes to another user, a burn removed. The rows' hashes
+    and seals still verify; the journals no longer say what their requests' audit rows say."""
+
+    def journal(action: str) -> str:
+        row = dba.execute(
+            "SELECT resource_id FROM ledger.audit_log WHERE action = %s ORDER BY id LIMIT 1",
+            (action,),
+        ).fetchone()
+        assert row is not None
+        return str(row[0])
+
+    def audit_id(journal_id: str) -> int:
+        return count(dba, "SELECT id FROM ledger.audit_log WHERE resource_id = %s", (journal_id,))
+
+    mint, transfer, burn = journal("mint"), journal("transfer"), journal("burn")
+    with dba.transaction():
+        dba.execute(
+            "SET LOCAL session_replication_role = replica"
+        )  # triggers off: a superuser's power
+        dba.execute(
+            "UPDATE ledger.ledger_entries SET amount = amount * 1000 WHERE journal_id = %s", (mint,)
+        )
+        dba.execute(
+            "UPDATE ledger.ledger_entries SET account_id = (SELECT id FROM ledger.accounts"
+            "  WHERE user_id = %s) WHERE journal_id = %s AND side = 'credit'",
+            (history["alice"], transfer),
+        )
+        dba.execute("DELETE FROM ledger.ledger_entries WHERE journal_id = %s", (burn,))
+    result = verify(dba)
+    assert result["ok"] is False
+    problems = {p["journal_id"]: p["problem"] for p in result["problems"] if "journal_id" in p}
+    assert problems == {
+        mint: "journal differs from its audit row (amount or users)",
+        transfer: "journal differs from its audit row (amount or users)",
+        burn: "audit row names a journal that is not there",
+    }, result
+    assert reported(result) == ({audit_id(mint), audit_id(transfer), audit_id(burn)}, set())
 
 
 def test_changed_seal_hash_is_found(dba: psycopg.Connection, history: dict[str, Any]) -> None:

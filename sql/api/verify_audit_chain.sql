@@ -62,6 +62,53 @@ BEGIN
       FROM ledger.audit_log a
      WHERE (a.tx_id, a.id) <= ('0'::xid8, 0) OR a.tx_id > pg_current_xact_id();
 
+    -- Every journal against the audit row of the request that posted it: the same amount, from
+    -- and to the same users, and no journal without its row or row without its journal. Events,
+    -- journal lines and balances rewritten to agree with each other pass api.verify_projections;
+    -- they cannot agree with the audit rows unless those change too, which the hashes and seals
+    -- above show (and a rewrite of the whole chain, a copy of head_hash kept outside).
+    WITH legs AS (
+        SELECT a.id AS audit_id, a.action, leg
+          FROM ledger.audit_log a
+         CROSS JOIN LATERAL jsonb_array_elements(CASE a.action
+                                                     WHEN 'transfer_batch' THEN a.after_state -> 'transfers'
+                                                     WHEN 'mint_batch' THEN a.after_state -> 'mints'
+                                                     ELSE jsonb_build_array(a.after_state) END) AS leg
+         WHERE a.action IN ('transfer', 'mint', 'burn', 'refund', 'transfer_batch', 'mint_batch', 'hold.capture')
+    ), stated AS (
+        SELECT l.audit_id,
+               (l.leg ->> CASE WHEN l.action IN ('mint', 'mint_batch') THEN 'mint_id'
+                               WHEN l.action = 'burn' THEN 'burn_id'
+                               WHEN l.action = 'refund' THEN 'refund_id'
+                               ELSE 'transfer_id' END)::uuid AS journal_id,
+               (l.leg ->> CASE WHEN l.action = 'hold.capture' THEN 'captured_amount' ELSE 'amount' END)::numeric
+                   AS amount,
+               (l.leg ->> 'from_user_id')::uuid AS debit_user,  -- none for a mint: the issuer's account
+               (l.leg ->> 'to_user_id')::uuid AS credit_user    -- none for a burn
+          FROM legs l
+    ), posted AS (
+        SELECT e.journal_id,
+               (array_agg(e.amount) FILTER (WHERE e.side = 'debit'))[1] AS amount,
+               (array_agg(ac.user_id) FILTER (WHERE e.side = 'debit'))[1] AS debit_user,
+               (array_agg(ac.user_id) FILTER (WHERE e.side = 'credit'))[1] AS credit_user
+          FROM ledger.ledger_entries e
+          JOIN ledger.accounts ac ON ac.id = e.account_id
+         GROUP BY e.journal_id
+    )
+    SELECT _problems || COALESCE(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+               'journal_id', COALESCE(p.journal_id, s.journal_id), 'audit_id', s.audit_id,
+               'problem', CASE WHEN s.audit_id IS NULL THEN 'journal has no audit row'
+                               WHEN p.journal_id IS NULL THEN 'audit row names a journal that is not there'
+                               ELSE 'journal differs from its audit row (amount or users)' END))
+               ORDER BY COALESCE(p.journal_id, s.journal_id), s.audit_id), '[]')
+      INTO _problems
+      FROM posted p
+      FULL JOIN stated s ON s.journal_id = p.journal_id
+     WHERE s.journal_id IS NULL OR p.journal_id IS NULL
+        OR p.amount IS DISTINCT FROM s.amount
+        OR (s.debit_user IS NOT NULL AND p.debit_user IS DISTINCT FROM s.debit_user)
+        OR (s.credit_user IS NOT NULL AND p.credit_user IS DISTINCT FROM s.credit_user);
+
     RETURN jsonb_build_object(
         'ok', jsonb_array_length(_problems) = 0,
         'rows', _rows,
@@ -76,7 +123,8 @@ $$;
 REVOKE ALL ON FUNCTION api.verify_audit_chain(text, uuid, text, inet) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.verify_audit_chain(text, uuid, text, inet) TO atp_app, atp_dba, atp_auditor;
 COMMENT ON FUNCTION api.verify_audit_chain(text, uuid, text, inet) IS
-'Verifies the audit log: every row against its own hash, and every seal against the rows it covers and the seal
-before it. ok is false, with the problems listed, if any row was changed, inserted or removed. head_hash is the
+'Verifies the audit log: every row against its own hash, every seal against the rows it covers and the seal
+before it, and every journal against the audit row of the request that posted it (amount, users). ok is false,
+with the problems listed, if any row was changed, inserted or removed, or a journal disagrees with its row. head_hash is the
 newest seal''s hash: keep a copy outside the database to detect a rewrite of the whole chain. Needs read.
 Example: SELECT api.verify_audit_chain();';
