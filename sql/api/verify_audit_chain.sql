@@ -75,17 +75,28 @@ BEGIN
                                                      WHEN 'mint_batch' THEN a.after_state -> 'mints'
                                                      ELSE jsonb_build_array(a.after_state) END) AS leg
          WHERE a.action IN ('transfer', 'mint', 'burn', 'refund', 'transfer_batch', 'mint_batch', 'hold.capture')
-    ), stated AS (
+    ), fields AS (
         SELECT l.audit_id,
-               (l.leg ->> CASE WHEN l.action IN ('mint', 'mint_batch') THEN 'mint_id'
-                               WHEN l.action = 'burn' THEN 'burn_id'
-                               WHEN l.action = 'refund' THEN 'refund_id'
-                               ELSE 'transfer_id' END)::uuid AS journal_id,
-               (l.leg ->> CASE WHEN l.action = 'hold.capture' THEN 'captured_amount' ELSE 'amount' END)::numeric
-                   AS amount,
-               (l.leg ->> 'from_user_id')::uuid AS debit_user,  -- none for a mint: the issuer's account
-               (l.leg ->> 'to_user_id')::uuid AS credit_user    -- none for a burn
+               l.leg ->> CASE WHEN l.action IN ('mint', 'mint_batch') THEN 'mint_id'
+                              WHEN l.action = 'burn' THEN 'burn_id'
+                              WHEN l.action = 'refund' THEN 'refund_id'
+                              ELSE 'transfer_id' END AS journal_id,
+               l.leg ->> CASE WHEN l.action = 'hold.capture' THEN 'captured_amount' ELSE 'amount' END AS amount,
+               l.leg ->> 'from_user_id' AS debit_user,  -- none for a mint: the issuer's account
+               l.leg ->> 'to_user_id' AS credit_user    -- none for a burn
           FROM legs l
+    ), stated AS (
+        -- A value that is not what its writer wrote (a row forged by hand) counts as missing: it is
+        -- reported, where a failing cast would stop the verification.
+        SELECT f.audit_id,
+               CASE WHEN f.journal_id ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$' THEN f.journal_id::uuid END
+                   AS journal_id,
+               CASE WHEN f.amount ~ '^[0-9]{1,13}(\.[0-9]{1,8})?$' THEN f.amount::numeric END AS amount,
+               CASE WHEN f.debit_user ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$' THEN f.debit_user::uuid END
+                   AS debit_user,
+               CASE WHEN f.credit_user ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$' THEN f.credit_user::uuid END
+                   AS credit_user
+          FROM fields f
     ), posted AS (
         SELECT e.journal_id,
                (array_agg(e.amount) FILTER (WHERE e.side = 'debit'))[1] AS amount,
