@@ -34,7 +34,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path
@@ -567,7 +567,20 @@ class Application(Starlette):
     request and per message sent (bench/README.md, eleventh pass)."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return RequestContext(self.route, error=error_response, key_name=key_name)
+        return RequestContext(
+            self.route, error=error_response, key_name=key_name, route_of=self.route_of
+        )
+
+    def route_of(self, scope: Scope) -> BaseRoute | None:
+        """The route a request's path and method would reach, if any (Starlette's own order)."""
+        partial = None
+        for route in self.router.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return route
+            if match is Match.PARTIAL and partial is None:
+                partial = route
+        return partial
 
     async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

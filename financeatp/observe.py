@@ -379,17 +379,23 @@ def header_problem(correlation_id: str | None, repeated: str | None) -> str | No
 
 ErrorResponse = Callable[[int, str, str], Response]
 KeyName = Callable[[dict[str, Any], int], Awaitable[str | None]]
+RouteOf = Callable[[Scope], Any]
 
 
 class RequestContext:
     """Correlation id (checked, generated, echoed), the API key's hash and masked prefix, one JSON
     log line and the metrics of every request, and a JSON 500 for anything unexpected.
-    `error` renders the contract's error body; `key_name` names the key for the log line."""
+    `error` renders the contract's error body; `key_name` names the key for the log line;
+    `route_of` finds the route of a request refused for its headers, which the router never saw,
+    so that its log line and metrics name the route it was sent to."""
 
-    def __init__(self, app: ASGIApp, error: ErrorResponse, key_name: KeyName) -> None:
+    def __init__(
+        self, app: ASGIApp, error: ErrorResponse, key_name: KeyName, route_of: RouteOf
+    ) -> None:
         self.app = app
         self.error = error
         self.key_name = key_name
+        self.route_of = route_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -419,6 +425,7 @@ class RequestContext:
 
         try:
             if problem is not None:
+                scope["route"] = self.route_of(scope)
                 await self.error(400, "invalid_request", problem)(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive, send_with_id)
