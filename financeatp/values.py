@@ -1,10 +1,12 @@
 """A request's JSON values as the text PostgreSQL parses: only JSON types, UUID shapes, integers
-that fit their parameter's type, text that PostgreSQL can store, each field given once, and the
-body's size are judged here; every rule about what a value means is the database's."""
+that fit their parameter's type, times that exist, text that PostgreSQL can store, each field
+given once, and the body's size are judged here; every rule about what a value means is the
+database's."""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import re
 from typing import Any
@@ -23,11 +25,12 @@ UUID_PATTERN = re.compile(
 DECIMAL_PATTERN = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 # An RFC 3339 date and time (a space for the T allowed, as RFC 3339 notes); PostgreSQL's own
 # input also takes "yesterday", "epoch" and dates alone. Without an offset the time is UTC, as
-# every time of the contract is, whatever the database session's time zone. Whether the date
-# exists is the database's to judge.
+# every time of the contract is, whatever the database session's time zone. A date that does
+# not exist is refused here, in words that name the field (calendar_problem).
 RFC3339_PATTERN = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
-    r"(?P<offset>[Zz]|[+-][0-9]{2}:[0-9]{2})?"
+    r"(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})"
+    r"[Tt ](?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})(?:\.[0-9]+)?"
+    r"(?P<offset>[Zz]|[+-](?P<offset_hour>[0-9]{2}):(?P<offset_minute>[0-9]{2}))?"
 )
 INTEGER_PATTERN = re.compile(r"-?[0-9]+")
 
@@ -86,6 +89,8 @@ def query_value(field: Field, value: str) -> str:
         time = RFC3339_PATTERN.fullmatch(value)
         if time is None:
             raise invalid(f"{field.name} must be an RFC 3339 time such as 2026-01-01T15:46:00Z")
+        if problem := calendar_problem(time):
+            raise invalid(f"{field.name} is not a time that exists: {problem}")
         return value if time["offset"] else value + "Z"
     if field.kind == "integer":
         if not INTEGER_PATTERN.fullmatch(value):
@@ -94,6 +99,22 @@ def query_value(field: Field, value: str) -> str:
             raise out_of_range(field)
         return integer_text(field, int(value))
     return clean_text(value, field.name)
+
+
+def calendar_problem(time: re.Match[str]) -> str | None:
+    """What makes a time of the right shape impossible (February 30th, 24:00, an offset of 16
+    hours), in words: PostgreSQL's "date/time field value out of range" names no field. A leap
+    second (:60) is RFC 3339's, and PostgreSQL's."""
+    part = {name: int(text) for name, text in time.groupdict().items() if text and text.isdigit()}
+    try:
+        datetime.date(part["year"], part["month"], part["day"])
+    except ValueError as error:
+        return str(error)
+    if part["hour"] > 23 or part["minute"] > 59 or part["second"] > 60:
+        return "the hour must be 00-23, the minute 00-59 and the second 00-60"
+    if part.get("offset_hour", 0) > 15 or part.get("offset_minute", 0) > 59:
+        return "an offset from UTC must be between -15:59 and +15:59"
+    return None
 
 
 def integer_text(field: Field, value: int) -> str:

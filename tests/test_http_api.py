@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from conftest import TEMPLATE, Cluster, key_hash, url
 from http_fixtures import Api, cluster_log, serve_fresh_database, start_server
+from prometheus_client.parser import text_string_to_metric_families
 
 from financeatp.operations import OPERATIONS, Operation
 
@@ -271,6 +272,18 @@ def test_invalid_request_shapes(api: Api, admin_key: str) -> None:
         "as_of a date only": api.request(
             "GET", f"/users/{alice}/balance", admin_key, params={"as_of": "2026-01-01"}
         ),
+        "as_of February 30th": api.request(
+            "GET", f"/users/{alice}/balance", admin_key, params={"as_of": "2026-02-30T00:00:00Z"}
+        ),
+        "as_of at hour 24": api.request(
+            "GET", f"/users/{alice}/balance", admin_key, params={"as_of": "2026-01-01T24:00:00Z"}
+        ),
+        "as_of 16 hours from UTC": api.request(
+            "GET",
+            f"/users/{alice}/balance",
+            admin_key,
+            params={"as_of": "2026-01-01T00:00:00+16:00"},
+        ),
         "bad username": api.request(
             "POST",
             "/users",
@@ -289,6 +302,15 @@ def test_invalid_request_shapes(api: Api, admin_key: str) -> None:
     assert "string" in number and "number" in number
     assert "exponent" in cases["amount with an exponent"].json()["message"]
     assert "RFC 3339" in cases["as_of a date only"].json()["message"]
+    impossible = {
+        "as_of February 30th": "as_of is not a time that exists: day is out of range for month",
+        "as_of at hour 24": "as_of is not a time that exists: the hour must be 00-23, the minute "
+        "00-59 and the second 00-60",
+        "as_of 16 hours from UTC": "as_of is not a time that exists: an offset from UTC must be "
+        "between -15:59 and +15:59",
+    }
+    for name, message in impossible.items():
+        assert cases[name].json()["message"] == message, name
     assert api.balance(admin_key, alice) == "0.00000000"
 
 
@@ -741,6 +763,38 @@ def test_a_request_must_say_one_thing(api: Api, admin_key: str) -> None:
     )
     expect_error(unknown, 401, "invalid_api_key")
     assert api.balance(admin_key, alice) == "10.00000000"
+
+
+def test_a_request_refused_for_its_headers_is_counted_under_its_route(api: Api) -> None:
+    """The refusal comes before routing; the metrics still name the route it was sent to."""
+
+    def refused() -> tuple[float, float]:
+        found = {"/transfers": 0.0, "unmatched": 0.0}
+        for family in text_string_to_metric_families(api.client.get("/metrics").text):
+            for sample in family.samples:
+                labels = sample.labels
+                if (
+                    sample.name == "atp_http_requests_total"
+                    and (labels.get("method"), labels.get("status")) == ("POST", "400")
+                    and labels.get("route") in found
+                ):
+                    found[labels["route"]] += sample.value
+        return found["/transfers"], found["unmatched"]
+
+    def counted(expected: tuple[float, float]) -> tuple[float, float]:
+        """A request is counted after its answer is sent: ask until it shows (or 10 s pass)."""
+        for _ in range(100):
+            if (now := refused()) == expected:
+                return now
+            time.sleep(0.1)
+        return now
+
+    transfers, unmatched = refused()
+    headers = [(b"X-Correlation-Id", b"one"), (b"X-Correlation-Id", b"two")]
+    expect_error(api.client.post("/transfers", json={}, headers=headers), 400, "invalid_request")
+    assert counted((transfers + 1, unmatched)) == (transfers + 1, unmatched)
+    expect_error(api.client.post("/nowhere", json={}, headers=headers), 400, "invalid_request")
+    assert counted((transfers + 1, unmatched + 1)) == (transfers + 1, unmatched + 1)
 
 
 def test_integers_out_of_range_name_their_field(api: Api, admin_key: str) -> None:
