@@ -8,6 +8,7 @@ import random
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import psycopg
@@ -20,6 +21,7 @@ from test_concurrency import (
     make_users,
     run_parallel,
     verify_projections,
+    wait_for_lock_wait,
 )
 
 
@@ -201,4 +203,45 @@ def test_capture_racing_expiry_settles_once(database: str, dba: psycopg.Connecti
     assert all(count == 2 for _, count in rows)
     held, balance = held_and_balance(dba, payer)
     assert (held, balance) == (0, 100 - 2 * won)
+    verify_projections(dba)
+
+
+def test_expiry_locks_wallets_in_the_order_transfers_do(
+    database: str, dba: psycopg.Connection
+) -> None:
+    """Two holds expiring in the order opposite to their senders' wallets' ids, and a transfer
+    between the two senders that holds the lower wallet when the job starts: taken hold by
+    hold, the job locked the higher wallet, waited for the lower, and the transfer's second
+    lock closed the cycle (a deadlock: the transfer's client got 503). In account-id order, as
+    every movement locks, the job waits for the transfer and then expires both holds."""
+    first, second = make_users(dba, 2, "expiry_order", mint=Decimal(10))
+    wallet = {
+        user: dba.execute(
+            "SELECT id FROM ledger.accounts WHERE user_id = %s AND account_type = 'user_wallet'",
+            [user],
+        ).fetchone()[0]  # type: ignore[index]
+        for user in (first, second)
+    }
+    low, high = sorted((first, second), key=lambda user: wallet[user])
+    for sender, expired_ago in ((high, "2 seconds"), (low, "1 second")):
+        created = call(
+            dba, "create_hold", from_user_id=sender, to_user_id=low if sender == high else high,
+            amount=Decimal(1), request_user_id=sender,
+        )  # fmt: skip
+        assert created.ok, created
+        dba.execute(
+            "UPDATE ledger.holds SET expires_at = now() - %s::interval WHERE id = %s",
+            [expired_ago, created.body["hold_id"]],  # type: ignore[index]
+        )
+    lock = "SELECT 1 FROM ledger.balances WHERE account_id = %s FOR UPDATE"
+    with connect(database, autocommit=False) as moving, connect(database) as expiring:
+        moving.execute(lock, [wallet[low]])  # a transfer from low to high, between its locks
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            job = pool.submit(lambda: expiring.execute("SELECT api.expire_holds()").fetchone())
+            assert wait_for_lock_wait(dba, expiring.info.backend_pid), "the job never waited"
+            moving.execute(lock, [wallet[high]])
+            moving.commit()
+            assert job.result(timeout=30) == (2,)
+    assert dba.execute("SELECT count(*) FROM ledger.holds WHERE status = 'expired'"
+                       " AND from_user_id IN (%s, %s)", [low, high]).fetchone() == (2,)  # fmt: skip
     verify_projections(dba)

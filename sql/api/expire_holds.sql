@@ -17,17 +17,32 @@ DECLARE
     _wallet record;
     _at timestamptz;
     _expired bigint := 0;
+    _ids uuid[];
 BEGIN
     _ctx := ledger.authorize(expire_holds.api_key_hash, 'maintenance', expire_holds.request_user_id,
                              expire_holds.correlation_id, expire_holds.client_addr);
     IF expire_holds.max_holds < 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'max_holds must not be negative (NULL: no limit)';
     END IF;
-    -- A hold a capture or void has locked is theirs to settle: skipped, and gone by the next run.
+    -- The senders' wallets first, all of them, in account-id order, as every movement locks
+    -- wallets: taken hold by hold, in expiry order, they would form a cycle with a transfer
+    -- between two of them (a deadlock, and a 503 for its client), or with another run.
+    SELECT array_agg(h.id) INTO _ids
+      FROM (SELECT id FROM ledger.holds
+             WHERE status = 'pending' AND expires_at <= now()
+             ORDER BY expires_at
+             LIMIT expire_holds.max_holds) h;
+    PERFORM FROM ledger.balances b
+      JOIN ledger.accounts a ON a.id = b.account_id
+     WHERE a.account_type = 'user_wallet'
+       AND a.user_id IN (SELECT from_user_id FROM ledger.holds WHERE id = ANY (_ids))
+     ORDER BY b.account_id
+       FOR UPDATE OF b;
+    -- A hold a capture or void has locked is theirs to settle: skipped, and gone by the next run
+    -- (they lock the hold, then its wallets: so this run never waits for a hold).
     FOR _hold IN SELECT * FROM ledger.holds
-                  WHERE status = 'pending' AND expires_at <= now()
+                  WHERE id = ANY (_ids) AND status = 'pending'
                   ORDER BY expires_at
-                  LIMIT expire_holds.max_holds
                     FOR UPDATE SKIP LOCKED
     LOOP
         SELECT * INTO _wallet FROM ledger.lock_pair(_hold.from_user_id, 'user_wallet', _hold.from_user_id,
