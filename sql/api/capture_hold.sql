@@ -42,7 +42,7 @@ BEGIN
     -- Before the key's stored response is looked at: a request without an acting user is refused as such.
     IF capture_hold.request_user_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'L4032',
-            MESSAGE = 'the acting user (request_user_id) must be the sender or the receiver of the hold';
+            MESSAGE = 'the acting user (X-Request-User-Id; request_user_id in SQL) must be the sender or the receiver of the hold';
     END IF;
     _hash := COALESCE(capture_hold.request_hash, ledger.fingerprint('capture_hold', jsonb_build_object(
         'hold_id', capture_hold.hold_id, 'amount', trim_scale(capture_hold.amount),
@@ -67,7 +67,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'L4042', MESSAGE = format('hold %s not found', capture_hold.hold_id);
     ELSIF capture_hold.request_user_id NOT IN (_hold.from_user_id, _hold.to_user_id) THEN
         RAISE EXCEPTION USING ERRCODE = 'L4032',
-            MESSAGE = 'the acting user (request_user_id) must be the sender or the receiver of the hold';
+            MESSAGE = 'the acting user (X-Request-User-Id; request_user_id in SQL) must be the sender or the receiver of the hold';
     ELSIF _hold.status <> 'pending' OR _hold.expires_at <= now() THEN
         RAISE EXCEPTION USING ERRCODE = 'L4095', MESSAGE = format('hold %s is %s, not pending', _hold.id,
             CASE WHEN _hold.status = 'pending' THEN 'expired' ELSE _hold.status END);

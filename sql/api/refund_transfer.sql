@@ -62,7 +62,7 @@ BEGIN
             MESSAGE = format('transfer %s not found', refund_transfer.transfer_id);
     ELSIF refund_transfer.request_user_id IS DISTINCT FROM _t.receiver THEN
         RAISE EXCEPTION USING ERRCODE = 'L4032',
-            MESSAGE = 'the acting user (request_user_id) must be the receiver of the transfer';
+            MESSAGE = 'the acting user (X-Request-User-Id; request_user_id in SQL) must be the receiver of the transfer';
     END IF;
     IF refund_transfer.amount IS NOT NULL THEN
         _problem := ledger.amount_problem(refund_transfer.amount);

@@ -41,9 +41,10 @@ BEGIN
     IF _c.api_key_id IS NOT NULL AND _c.stale_last_used THEN
         PERFORM ledger.touch_api_key(_c.api_key_id);
     END IF;
-    IF transfer_batch.request_user_id IS DISTINCT FROM transfer_batch.from_user_id THEN
+    -- Without a sender, the request is incomplete (400 below), not someone else's money.
+    IF transfer_batch.from_user_id IS NOT NULL AND transfer_batch.request_user_id IS DISTINCT FROM transfer_batch.from_user_id THEN
         RAISE EXCEPTION USING ERRCODE = 'L4032',
-            MESSAGE = 'the acting user (request_user_id) must be the sender (from_user_id)';
+            MESSAGE = 'the acting user (X-Request-User-Id; request_user_id in SQL) must be the sender (from_user_id)';
     END IF;
     _hash := COALESCE(transfer_batch.request_hash, ledger.fingerprint('transfer_batch', jsonb_build_object(
         'from_user_id', transfer_batch.from_user_id, 'transfers', transfer_batch.transfers)));

@@ -36,7 +36,7 @@ BEGIN
     -- Before the key's stored response is looked at: a request without an acting user is refused as such.
     IF void_hold.request_user_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'L4032',
-            MESSAGE = 'the acting user (request_user_id) must be the sender or the receiver of the hold';
+            MESSAGE = 'the acting user (X-Request-User-Id; request_user_id in SQL) must be the sender or the receiver of the hold';
     END IF;
     _hash := COALESCE(void_hold.request_hash, ledger.fingerprint('void_hold', jsonb_build_object(
         'hold_id', void_hold.hold_id, 'request_user_id', void_hold.request_user_id)));
@@ -53,7 +53,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'L4042', MESSAGE = format('hold %s not found', void_hold.hold_id);
     ELSIF void_hold.request_user_id NOT IN (_hold.from_user_id, _hold.to_user_id) THEN
         RAISE EXCEPTION USING ERRCODE = 'L4032',
-            MESSAGE = 'the acting user (request_user_id) must be the sender or the receiver of the hold';
+            MESSAGE = 'the acting user (X-Request-User-Id; request_user_id in SQL) must be the sender or the receiver of the hold';
     ELSIF _hold.status <> 'pending' OR _hold.expires_at <= now() THEN
         RAISE EXCEPTION USING ERRCODE = 'L4095', MESSAGE = format('hold %s is %s, not pending', _hold.id,
             CASE WHEN _hold.status = 'pending' THEN 'expired' ELSE _hold.status END);
