@@ -259,6 +259,13 @@ def test_expired_hold(api: Api, admin_key: str) -> None:
             "hold_not_pending",
         )
     assert wallet(api, admin_key, alice)["available"] == "75.00000000"  # not released yet
+    # It no longer keeps its receiver from being deleted; its sender's balance still holds it.
+    delete = api.request("DELETE", f"/users/{bob}", admin_key)
+    assert delete.status_code == 200, delete.text
+    burn = api.request("POST", "/admin/burn", admin_key, {"from_user_id": alice, "amount": "75"})
+    assert burn.status_code == 201, burn.text
+    expect_error(api.request("DELETE", f"/users/{alice}", admin_key), 409, "balance_not_zero")
+    api.mint(admin_key, alice, "75")
     api.dba.execute("SELECT api.run_maintenance()")
     assert wallet(api, admin_key, alice) == {
         "balance": "100.00000000",
@@ -281,3 +288,17 @@ def test_maintenance_releases_expired_holds_within_an_interval(
         while wallet(api, key, alice)["available"] != "10.00000000":
             assert time.monotonic() < deadline, "the expired hold was not released"
             time.sleep(0.1)
+
+
+def test_a_hold_without_a_sender_is_incomplete_not_unauthorized(api: Api, admin_key: str) -> None:
+    alice, bob = pair(api, admin_key)
+    body = {"to_user_id": bob, "amount": "5"}
+    response = expect_error(
+        api.request("POST", "/holds", admin_key, body, acting_user=alice), 400, "invalid_request"
+    )
+    assert response["message"] == "from_user_id is required"
+    other = api.request(
+        "POST", "/holds", admin_key, body | {"from_user_id": alice}, acting_user=bob
+    )
+    message = expect_error(other, 403, "unauthorized_transfer")["message"]
+    assert "X-Request-User-Id" in message

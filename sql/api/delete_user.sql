@@ -48,9 +48,12 @@ BEGIN
       JOIN ledger.accounts a ON a.id = b.account_id
      WHERE a.user_id = _user.id AND a.account_type = 'user_wallet'
        FOR UPDATE OF b;
-    -- Under the wallet's lock: a hold being created, which locks both wallets, has committed.
+    -- Under the wallet's lock: a hold being created, which locks both wallets, has committed. A
+    -- hold past expires_at that maintenance has not released yet can be neither captured nor
+    -- voided: it does not count (its sender's reserve is still in the balance checked below).
     IF EXISTS (SELECT FROM ledger.holds h
-                WHERE h.status = 'pending' AND (h.from_user_id = _user.id OR h.to_user_id = _user.id)) THEN
+                WHERE h.status = 'pending' AND h.expires_at > now()
+                  AND (h.from_user_id = _user.id OR h.to_user_id = _user.id)) THEN
         RAISE EXCEPTION USING ERRCODE = 'L4096',
             MESSAGE = format('user %s has pending holds: capture or void them first', _user.id);
     ELSIF _wallet.balance <> 0 THEN
@@ -81,6 +84,7 @@ REVOKE ALL ON FUNCTION api.delete_user(uuid, uuid, text, text, uuid, text, inet)
 GRANT EXECUTE ON FUNCTION api.delete_user(uuid, uuid, text, text, uuid, text, inet) TO atp_app, atp_dba;
 COMMENT ON FUNCTION api.delete_user(uuid, uuid, text, text, uuid, text, inet) IS
 'Deletes a user logically: history stays, the wallet closes, username and email become free again.
-Refused while the balance is not zero or the user has pending holds (as sender or receiver). Needs write.
+Refused while the balance is not zero or the user has pending holds (as sender or receiver) not yet past expires_at.
+Needs write.
 Errors: L4001 invalid_request, L4041 user_not_found, L4094 balance_not_zero, L4096 pending_holds, L4091 idempotency_conflict.
 Returns (status 200, body, replayed). Example: SELECT * FROM api.delete_user(:alice);';
