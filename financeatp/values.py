@@ -23,6 +23,8 @@ UUID_PATTERN = re.compile(
 # sign, which the contract's amount strings do not have. The sign stays for the database to
 # answer "more than 0"; the value's range and decimals are the database's to judge.
 DECIMAL_PATTERN = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+SHORT_DECIMAL = 40  # characters: a decimal this short is passed as it is
+MAX_DECIMAL_DIGITS = 1000
 # An RFC 3339 date and time (a space for the T allowed, as RFC 3339 notes); PostgreSQL's own
 # input also takes "yesterday", "epoch" and dates alone. Without an offset the time is UTC, as
 # every time of the contract is, whatever the database session's time zone. A date that does
@@ -74,12 +76,27 @@ def field_value(field: Field, value: Any) -> str | None:
         raise invalid(f"{field.name} must be a string")
     if field.kind == "uuid":
         return uuid_text(value, field.name)
-    if field.kind == "amount" and not DECIMAL_PATTERN.fullmatch(value):
-        raise invalid(
-            f'{field.name} must be a decimal number such as "100.50": digits and at most one '
-            "point, without exponent, plus sign or spaces"
-        )
+    if field.kind == "amount":
+        if not DECIMAL_PATTERN.fullmatch(value):
+            raise invalid(
+                f'{field.name} must be a decimal number such as "100.50": digits and at most one '
+                "point, without exponent, plus sign or spaces"
+            )
+        return decimal_text(value, field.name) if len(value) > SHORT_DECIMAL else value
     return clean_text(value, field.name)
+
+
+def decimal_text(value: str, name: str) -> str:
+    """A long decimal without the zeros that change nothing (leading, and trailing after the
+    point), which the contract allows in any number: PostgreSQL's numeric input refuses more than
+    16,383 digits after the point ("value overflows numeric format"). What is left is the
+    database's to judge, unless it is longer than any number it could read."""
+    sign, _, digits = value.rpartition("-")
+    whole, _, fraction = digits.partition(".")
+    whole, fraction = whole.lstrip("0"), fraction.rstrip("0")
+    if len(whole) + len(fraction) > MAX_DECIMAL_DIGITS:
+        raise invalid(f"{name} has more digits than any amount can have")
+    return f"{sign}{whole or '0'}.{fraction}" if fraction else f"{sign}{whole or '0'}"
 
 
 def query_value(field: Field, value: str) -> str:

@@ -314,6 +314,28 @@ def test_invalid_request_shapes(api: Api, admin_key: str) -> None:
     assert api.balance(admin_key, alice) == "0.00000000"
 
 
+def test_zeros_that_change_nothing_may_be_many(api: Api, admin_key: str) -> None:
+    """The contract allows leading zeros and zeros after the last decimal in any number; more
+    than 16,383 digits after the point overflowed PostgreSQL's numeric input."""
+    alice = api.new_user(admin_key)["user_id"]
+    bob = api.new_user(admin_key)["user_id"]
+    api.mint(admin_key, alice, "10")
+
+    def send(amount: str) -> httpx.Response:
+        body = {"from_user_id": alice, "to_user_id": bob, "amount": amount}
+        return api.request("POST", "/transfers", admin_key, body, acting_user=alice)
+
+    sent = send("0" * 20000 + "1." + "0" * 20000)
+    assert sent.status_code == 201, sent.text[:300]
+    assert sent.json()["amount"] == "1.00000000"
+    digits = send("0." + "0" * 20000 + "1")
+    expect_error(digits, 400, "invalid_request")
+    assert digits.json()["message"] == "amount has more digits than any amount can have"
+    decimals = send("0." + "0" * 100 + "1")
+    assert decimals.json()["message"] == "amount has more than 8 decimal places", decimals.text
+    assert api.balance(admin_key, alice) == "9.00000000"
+
+
 def test_the_key_is_judged_before_the_request(api: Api, admin_key: str) -> None:
     """An unknown key is 401 and a key without the permission 403, however malformed the rest."""
     alice = api.new_user(admin_key)["user_id"]

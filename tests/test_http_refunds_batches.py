@@ -146,9 +146,13 @@ def test_transfer_batch_with_fee(api: Api, admin: str) -> None:
     assert api.balance(admin, bob) == "91.00000000"
     fee_after = fee_balance(api)
     assert fee_after - fee_before == 5
-    # A batch leg is a transfer like any other: its receiver can refund it.
+    # A batch leg is a transfer like any other: its receiver can refund it, the fee's too.
     leg = body["transfers"][0]["transfer_id"]
     assert refund(api, admin, leg, bob, {"amount": "1"}).status_code == 201
+    fee = body["transfers"][1]["transfer_id"]
+    expect_error(refund(api, admin, fee, alice), 403, "unauthorized_transfer")
+    assert refund(api, admin, fee, FEE, {"amount": "2"}).status_code == 201
+    assert fee_balance(api) - fee_before == 3
 
 
 def test_transfer_batch_errors_name_the_leg(api: Api, admin: str) -> None:
@@ -166,15 +170,40 @@ def test_transfer_batch_errors_name_the_leg(api: Api, admin: str) -> None:
     for legs, status, error, index in cases:
         body = expect_error(batch(api, admin, alice, legs), status, error)
         assert body["index"] == index, body
+    for amount in ("-1", "-0"):
+        body = expect_error(
+            batch(api, admin, alice, [ok, {"to_user_id": bob, "amount": amount}]),
+            400,
+            "invalid_request",
+        )
+        assert body["message"] == "transfers[1]: amount must be greater than 0", body
+    # Zeros that change nothing, as many as a request holds; digits beyond any amount's.
+    one = "1." + "0" * 20000
+    tiny = "0." + "0" * 20000 + "1"
+    body = expect_error(
+        batch(api, admin, alice, [ok, {"to_user_id": bob, "amount": tiny}]), 400, "invalid_request"
+    )
+    assert body["message"] == "transfers[1].amount has more digits than any amount can have", body
+    assert body["index"] == 1
+    decimals = "0." + "0" * 100 + "1"
+    body = expect_error(
+        batch(api, admin, alice, [{"to_user_id": bob, "amount": decimals}]), 400, "invalid_request"
+    )
+    assert body["message"] == "transfers[0]: amount has more than 8 decimal places", body
+    long_batch = batch(api, admin, alice, [{"to_user_id": bob, "amount": "0" * 20000 + one}])
+    assert long_batch.status_code == 201, long_batch.text[:500]
+    assert long_batch.json()["amount"] == "1.00000000"
     for legs in ([], [ok] * 101, "x"):
         body = expect_error(batch(api, admin, alice, legs), 400, "invalid_request")
         assert "index" not in body
     expect_error(batch(api, admin, alice, [ok], acting=bob), 403, "unauthorized_transfer")
+    missing = api.request("POST", "/transfers/batch", admin, {"transfers": [ok]}, acting_user=alice)
+    assert expect_error(missing, 400, "invalid_request")["message"] == "from_user_id is required"
     expect_error(batch(api, api.key(["read"]), alice, [ok]), 403, "permission_denied")
     api.dba.execute("SELECT api.freeze_wallet(%s)", [bob])
     body = expect_error(batch(api, admin, alice, [ok]), 400, "account_frozen")
     assert body["index"] == 0
-    assert api.balance(admin, alice) == "10.00000000"
+    assert api.balance(admin, alice) == "9.00000000"
 
 
 def test_transfer_batch_idempotency(api: Api, admin: str) -> None:

@@ -23,6 +23,7 @@ DECLARE
     _id text;
     _amount jsonb;
     _value numeric;
+    _text text;
     _memo jsonb;
     _user uuid;
     _out ledger.batch_leg[] := '{}';
@@ -59,8 +60,24 @@ BEGIN
                 _problem := 'amount is required';
             ELSIF jsonb_typeof(_amount) = 'number' THEN
                 _value := _amount::numeric;
-            ELSIF jsonb_typeof(_amount) = 'string' AND _amount #>> '{}' ~ '^\s*([0-9]+(\.[0-9]*)?|\.[0-9]+)\s*$' THEN
-                _value := (_amount #>> '{}')::numeric;
+            ELSIF jsonb_typeof(_amount) = 'string' AND _amount #>> '{}' ~ '^\s*-?([0-9]+(\.[0-9]*)?|\.[0-9]+)\s*$' THEN
+                _text := regexp_replace(_amount #>> '{}', '^\s+|\s+$', '', 'g');
+                IF length(_text) > 40 THEN
+                    -- Without the zeros that change nothing, which the contract allows in any number:
+                    -- numeric input refuses more than 16,383 digits after the point.
+                    _text := regexp_replace(_text, '^(-?)0+(?=[0-9])', '\1');
+                    IF strpos(_text, '.') > 0 THEN
+                        _text := rtrim(rtrim(_text, '0'), '.');
+                    END IF;
+                    IF _text IN ('', '-') THEN  -- .000...
+                        _text := '0';
+                    END IF;
+                END IF;
+                IF length(_text) > 1000 THEN
+                    _problem := 'amount has more digits than any amount can have';
+                ELSE
+                    _value := _text::numeric;
+                END IF;
             ELSE
                 _problem := 'amount must be a decimal number such as "100.50"';
             END IF;

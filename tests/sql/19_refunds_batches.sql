@@ -1,7 +1,7 @@
 -- Refunds and batches: api.refund_transfer, api.transfer_batch, api.mint_batch; every error,
 -- the failing leg's index in DETAIL, the lines, events, audit rows and idempotent replays.
 BEGIN;
-SELECT plan(47);
+SELECT plan(51);
 
 CREATE TEMP TABLE k (name text PRIMARY KEY, hash text);
 INSERT INTO k
@@ -113,6 +113,22 @@ SELECT is(pg_temp.failure($$SELECT api.transfer_batch('a11ce000-0000-4000-8000-0
     '[{"to_user_id": "b0b00000-0000-4000-8000-000000000002", "amount": "1"}]',
     request_user_id => 'b0b00000-0000-4000-8000-000000000002')$$), 'L4032 ',
     'the acting user must be the sender');
+SELECT throws_ok($$SELECT api.transfer_batch('a11ce000-0000-4000-8000-000000000001',
+    '[{"to_user_id": "b0b00000-0000-4000-8000-000000000002", "amount": "-1"}]',
+    request_user_id => 'a11ce000-0000-4000-8000-000000000001')$$, 'L4001',
+    'transfers[0]: amount must be greater than 0', 'a negative leg is named as such, not as a malformed number');
+SELECT throws_ok($$SELECT api.transfer_batch(NULL, '[{"to_user_id": "b0b00000-0000-4000-8000-000000000002", "amount": "1"}]',
+    request_user_id => 'a11ce000-0000-4000-8000-000000000001')$$, 'L4001', 'from_user_id is required',
+    'a batch without a sender is incomplete, not unauthorized');
+SELECT throws_ok(format($$SELECT api.transfer_batch('a11ce000-0000-4000-8000-000000000001',
+    '[{"to_user_id": "b0b00000-0000-4000-8000-000000000002", "amount": "0.%s1"}]',
+    request_user_id => 'a11ce000-0000-4000-8000-000000000001')$$, repeat('0', 20000)), 'L4001',
+    'transfers[0]: amount has more digits than any amount can have',
+    'an amount beyond any numeric input is named, not an overflow');
+SELECT is(pg_temp.failure(format($$SELECT api.transfer_batch('a11ce000-0000-4000-8000-000000000001',
+    '[{"to_user_id": "b0b00000-0000-4000-8000-000000000002", "amount": " %s1000.%s "}]',
+    request_user_id => 'a11ce000-0000-4000-8000-000000000001')$$, repeat('0', 20000), repeat('0', 20000))),
+    'L4002 {"index" : 0}', 'zeros that change nothing may be many (1000 is read, and more than alice has)');
 SELECT is(pg_temp.failure($$SELECT api.transfer_batch('dead0000-0000-4000-8000-000000000000',
     '[{"to_user_id": "b0b00000-0000-4000-8000-000000000002", "amount": "1"}]',
     request_user_id => 'dead0000-0000-4000-8000-000000000000')$$), 'L4041 ',
