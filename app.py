@@ -380,7 +380,8 @@ async def fetch_one(state: AppState, statement: Statement, params: list[bytes | 
 async def refusal_of_key(state: AppState, request: Request, op: Operation) -> ApiError | None:
     """A request refused before the call (its shape) is first judged by its key, as the call
     would have judged it: an unknown key is 401, a missing permission 403 and a key over its
-    rate limit 429, whatever else is wrong. Only refused requests pay this second call."""
+    rate limit 429, whatever else is wrong; and while the database that would judge it is away,
+    503. Only refused requests pay this second call."""
     key_hash = request.state.api_key_hash
     if key_hash is None:
         return None  # no key: context_arguments answered 401 already
@@ -388,7 +389,7 @@ async def refusal_of_key(state: AppState, request: Request, op: Operation) -> Ap
     try:
         await fetch_one(state, statement, [key_hash.encode(), op.permission.encode()])
     except ApiError as error:
-        return error if error.status in (401, 403, 429) else None
+        return error if error.status in (401, 403, 429, 503) else None
     return None
 
 

@@ -948,6 +948,9 @@ def test_unavailable_database(cluster: Cluster, tmp_path: Any) -> None:
             assert down.headers["retry-after"] == "1"
             expect_error(client.get("/readyz"), 503, "unavailable")
             assert client.get("/healthz").status_code == 200
+            # A malformed request's key is judged first: while it cannot be, that is the answer.
+            malformed = client.post("/transfers", headers=headers, content=b"{bad")
+            expect_error(malformed, 503, "unavailable")
 
             with psycopg.connect(url(cluster, "postgres"), autocommit=True) as conn:
                 conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
