@@ -312,6 +312,48 @@ def test_journal_that_disagrees_with_its_audit_row_is_found(
     assert reported(result) == ({audit_id(mint), audit_id(transfer), audit_id(burn)}, set())
 
 
+def test_lines_added_to_a_journal_are_found(
+    dba: psycopg.Connection, history: dict[str, Any]
+) -> None:
+    """The owner needs no trigger lifted to insert: a second balanced pair of lines under a mint's
+    journal (a second mint the audit row never saw), and a pair on an account that does not
+    exist under a transfer's. Debits still equal credits; the first line of each side still
+    equals the audit row."""
+    columns = (
+        "journal_id, event_id, account_id, side, amount, balance_after, kind,"
+        " counterparty_user_id, memo, created_at, refund_of"
+    )
+    mint, transfer = (
+        str(
+            dba.execute(
+                "SELECT resource_id FROM ledger.audit_log WHERE action = %s ORDER BY id LIMIT 1",
+                (action,),
+            ).fetchone()[0]  # type: ignore[index]
+        )
+        for action in ("mint", "transfer")
+    )
+    with dba.transaction():
+        dba.execute("SET LOCAL ROLE atp_owner")
+        dba.execute(
+            f"INSERT INTO ledger.ledger_entries (id, {columns})"
+            f" SELECT nextval('ledger.ledger_entry_id_seq'), {columns}"
+            "   FROM ledger.ledger_entries WHERE journal_id = %s",
+            (mint,),
+        )
+        dba.execute(
+            f"INSERT INTO ledger.ledger_entries (id, {columns})"
+            f" SELECT nextval('ledger.ledger_entry_id_seq'),"
+            f" {columns.replace('account_id', 'gen_random_uuid()')}"
+            "   FROM ledger.ledger_entries WHERE journal_id = %s",
+            (transfer,),
+        )
+    result = verify(dba)
+    assert result["ok"] is False
+    problems = {p["journal_id"]: p["problem"] for p in result["problems"] if "journal_id" in p}
+    malformed = "journal is not one debit and one credit line of one amount on existing accounts"
+    assert problems == {mint: malformed, transfer: malformed}, result
+
+
 def test_changed_seal_hash_is_found(dba: psycopg.Connection, history: dict[str, Any]) -> None:
     as_attacker(
         dba,

@@ -98,24 +98,30 @@ BEGIN
                    AS credit_user
           FROM fields f
     ), posted AS (
+        -- Every journal the ledger writes is one debit and one credit line of one amount, on
+        -- accounts that exist: lines added to a journal, or on no account, are reported.
         SELECT e.journal_id,
-               (array_agg(e.amount) FILTER (WHERE e.side = 'debit'))[1] AS amount,
+               count(*) = 2 AND count(*) FILTER (WHERE e.side = 'debit') = 1 AND min(e.amount) = max(e.amount)
+                   AND count(ac.id) = 2 AS well_formed,
+               min(e.amount) AS amount,
                (array_agg(ac.user_id) FILTER (WHERE e.side = 'debit'))[1] AS debit_user,
                (array_agg(ac.user_id) FILTER (WHERE e.side = 'credit'))[1] AS credit_user
           FROM ledger.ledger_entries e
-          JOIN ledger.accounts ac ON ac.id = e.account_id
+          LEFT JOIN ledger.accounts ac ON ac.id = e.account_id
          GROUP BY e.journal_id
     )
     SELECT _problems || COALESCE(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
                'journal_id', COALESCE(p.journal_id, s.journal_id), 'audit_id', s.audit_id,
                'problem', CASE WHEN s.audit_id IS NULL THEN 'journal has no audit row'
                                WHEN p.journal_id IS NULL THEN 'audit row names a journal that is not there'
+                               WHEN NOT p.well_formed
+                                   THEN 'journal is not one debit and one credit line of one amount on existing accounts'
                                ELSE 'journal differs from its audit row (amount or users)' END))
                ORDER BY COALESCE(p.journal_id, s.journal_id), s.audit_id), '[]')
       INTO _problems
       FROM posted p
       FULL JOIN stated s ON s.journal_id = p.journal_id
-     WHERE s.journal_id IS NULL OR p.journal_id IS NULL
+     WHERE s.journal_id IS NULL OR p.journal_id IS NULL OR NOT p.well_formed
         OR p.amount IS DISTINCT FROM s.amount
         OR (s.debit_user IS NOT NULL AND p.debit_user IS DISTINCT FROM s.debit_user)
         OR (s.credit_user IS NOT NULL AND p.credit_user IS DISTINCT FROM s.credit_user);
