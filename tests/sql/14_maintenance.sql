@@ -159,6 +159,10 @@ SELECT ok(to_regclass('ledger.' || pg_temp.part('events', 7)) IS NOT NULL
           AND to_regclass('ledger.' || pg_temp.part('ledger_entries', 7)) IS NULL
           AND to_regclass('ledger.' || pg_temp.part('ledger_entries', 6)) IS NOT NULL,
           'the other partitions of that run are created');
+-- Those two lines belong to no request: verify_audit_chain would report them below. Gone again.
+SET session_replication_role = replica;
+DELETE FROM ledger.ledger_entries WHERE journal_id = 'feedface-0000-4000-8000-000000000001';
+RESET session_replication_role;
 SELECT throws_ok(format('SELECT api.ensure_partitions(%s)', m), 'L4001', NULL, 'ensure_partitions refuses months_ahead ' || m)
   FROM unnest(ARRAY['-1', '121', 'NULL']) AS m;
 SELECT throws_ok(format('SELECT api.ensure_partitions(3, %L)', (SELECT hash FROM k WHERE name = 'write')),
