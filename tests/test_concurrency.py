@@ -974,3 +974,35 @@ def test_maintenance_does_not_block_transfers(dba, app_url, make_key):
         ).fetchone()
         assert row == (201,)
         maintenance.rollback()
+
+
+def test_a_partition_waits_for_no_long_reader(dba, database, app_url, make_key):
+    """Creating a partition locks its parent exclusively. Behind a reader that keeps the parent
+    (a report, a pg_dump), the request queued every transfer after it; now it waits 200 ms, is
+    reported as skipped_locked and left for a later run, and transfers go on."""
+    alice, bob = make_users(dba, 2, "partition_wait", mint=Decimal(10))
+    _, key_hash, _ = make_key(["write"])
+    months = count(
+        dba, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'ledger.events'::regclass"
+    )
+    with (
+        connect(database, autocommit=False) as report,
+        connect(database) as dba2,
+        connect(app_url) as app,
+    ):
+        report.execute("SELECT count(*) FROM ledger.events")  # holds the parent until it ends
+        dba2.execute("SET statement_timeout = '10s'")
+        result = dba2.execute("SELECT api.ensure_partitions(%s)", [months + 2]).fetchone()[0]
+        assert result["skipped_locked"], result
+        assert all(name.startswith("events_") for name in result["skipped_locked"]), result
+        assert not any(name.startswith("events_") for name in result["created"]), result
+        app.execute("SET statement_timeout = '5s'")
+        transferred = call(
+            app, "transfer", from_user_id=alice, to_user_id=bob, amount=Decimal(1),
+            idempotency_key=uuid.uuid4(), api_key_hash=key_hash, request_user_id=alice,
+        )  # fmt: skip
+        assert transferred.ok, transferred
+        report.rollback()
+    created = dba.execute("SELECT api.ensure_partitions(%s)", [months + 2]).fetchone()[0]
+    assert created["created"] == result["skipped_locked"], created
+    assert "skipped_locked" not in created, created

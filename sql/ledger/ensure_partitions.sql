@@ -2,11 +2,16 @@
 -- months_ahead months ahead, so that no row ever waits for one (rows that arrive anyway land
 -- in the DEFAULT partition). Every partition that lacks it, old or new, also gets the TRUNCATE
 -- trigger (statement triggers are not inherited) and loses INSERT/UPDATE/DELETE/TRUNCATE for
--- the owner, so nobody writes around the parent's triggers.
+-- the owner, so nobody writes around the parent's triggers. Creating a partition takes an
+-- ACCESS EXCLUSIVE lock on its parent; while a reader holds the parent (a long report, a
+-- pg_dump), the request would queue every transfer behind it. So each lock is waited for at
+-- most lock_timeout, and a partition whose parent is busy is left for the next run (reported
+-- as skipped_locked): it is made months before it is needed.
 CREATE OR REPLACE FUNCTION ledger.ensure_partitions(months_ahead integer DEFAULT 3)
 RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '200ms'
 AS $$
 DECLARE
     _parent text;
@@ -14,6 +19,7 @@ DECLARE
     _name text;
     _created text[] := '{}';
     _skipped text[] := '{}';
+    _locked text[] := '{}';
     _partition regclass;
     _has_rows boolean;
 BEGIN
@@ -37,9 +43,13 @@ BEGIN
                 _skipped := _skipped || _name;
                 CONTINUE;
             END IF;
-            EXECUTE format('CREATE TABLE ledger.%I PARTITION OF ledger.%I FOR VALUES FROM (%L) TO (%L)',
-                           _name, _parent, _month, _month + interval '1 month');
-            _created := _created || _name;
+            BEGIN
+                EXECUTE format('CREATE TABLE ledger.%I PARTITION OF ledger.%I FOR VALUES FROM (%L) TO (%L)',
+                               _name, _parent, _month, _month + interval '1 month');
+                _created := _created || _name;
+            EXCEPTION WHEN lock_not_available THEN
+                _locked := _locked || _name;
+            END;
         END LOOP;
     END LOOP;
 
@@ -51,10 +61,16 @@ BEGIN
            AND NOT EXISTS (SELECT FROM pg_trigger t
                             WHERE t.tgrelid = i.inhrelid AND t.tgname = 'partition_no_truncate')
     LOOP
-        EXECUTE format('CREATE OR REPLACE TRIGGER partition_no_truncate BEFORE TRUNCATE ON %s '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION ledger.forbid_change()', _partition);
-        EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON %s FROM atp_owner', _partition);
+        BEGIN
+            EXECUTE format('CREATE OR REPLACE TRIGGER partition_no_truncate BEFORE TRUNCATE ON %s '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION ledger.forbid_change()', _partition);
+            EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON %s FROM atp_owner', _partition);
+        EXCEPTION WHEN lock_not_available THEN
+            _locked := _locked || _partition::text;
+        END;
     END LOOP;
-    RETURN jsonb_build_object('created', to_jsonb(_created), 'skipped_default_has_rows', to_jsonb(_skipped));
+    RETURN jsonb_build_object('created', to_jsonb(_created), 'skipped_default_has_rows', to_jsonb(_skipped))
+        || CASE WHEN cardinality(_locked) > 0 THEN jsonb_build_object('skipped_locked', to_jsonb(_locked))
+                ELSE '{}' END;
 END
 $$;
