@@ -575,3 +575,27 @@ def test_hash_does_not_depend_on_session_settings(
     result = verify(dba)
     assert result["ok"] is True, result
     assert result["unsealed_rows"] == 0
+
+
+def test_no_role_without_privileges_can_stop_sealing(
+    dba: psycopg.Connection, database: str, history: dict[str, Any]
+) -> None:
+    """Sealers queue on the lock of ledger.settings' row, which only the owner can take: a login
+    role with no grant at all, holding the advisory lock sealing once used, does not make a seal
+    wait, and cannot take the row's lock."""
+    role = f"nobody_{uuid.uuid4().hex[:8]}"
+    dba.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        outsider = database.replace("postgres@", f"{role}@", 1)
+        with psycopg.connect(outsider) as conn:
+            conn.execute("SELECT pg_advisory_lock(hashtextextended('financeatp.audit_seal', 0))")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT FROM ledger.settings FOR UPDATE")
+            conn.rollback()
+            conn.execute("SELECT pg_advisory_lock(hashtextextended('financeatp.audit_seal', 0))")
+            with psycopg.connect(database, autocommit=True) as sealer:
+                sealer.execute("SET statement_timeout = '5s'")
+                history["app"].mint(history["alice"], "1")
+                assert sealer.execute("SELECT api.seal_audit()").fetchone()[0]["sealed_rows"] >= 1  # type: ignore[index]
+    finally:
+        dba.execute(f"DROP ROLE {role}")

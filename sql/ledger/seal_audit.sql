@@ -16,7 +16,11 @@ BEGIN
     IF max_rows IS NULL OR max_rows < 1 THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'max_rows must be at least 1';
     END IF;
-    PERFORM pg_advisory_xact_lock(hashtextextended('financeatp.audit_seal', 0));
+    -- One sealer at a time, by the lock of ledger.settings' one row, which only the owner can
+    -- take (it needs UPDATE; readers of the row do not wait for it): an advisory lock's key is
+    -- anyone's to take, and any login role holding it stopped sealing and made every
+    -- maintenance run wait.
+    PERFORM FROM ledger.settings FOR UPDATE;
     SELECT * INTO _last FROM ledger.audit_seals ORDER BY seal_no DESC LIMIT 1;
     _horizon := pg_snapshot_xmin(pg_current_snapshot());
     WITH batch AS (
