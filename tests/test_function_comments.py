@@ -1,7 +1,7 @@
 """Every api function's COMMENT is what a DBA reads first (`\\df+`): its example runs as written in
 psql, and the errors it lists are the ledger's own. Each example runs in a transaction rolled
-back, on a database holding alice, bob and shop, a transfer, a hold and an API key, named by the
-psql variables the comments use."""
+back, on a database holding alice and bob, a transfer, a hold and an API key, named by the psql
+variables the comments use, set as README.md's walkthrough sets them."""
 
 from __future__ import annotations
 
@@ -11,28 +11,23 @@ import subprocess
 import psycopg
 import pytest
 
-# psql variables the examples use, set by SETUP with \gset.
+# psql variables the examples use.
 SETUP = r"""
 SELECT body ->> 'user_id' AS alice
   FROM api.create_user(gen_random_uuid(), 'alice_0', 'alice_0@example.com') \gset
 SELECT body ->> 'user_id' AS bob
   FROM api.create_user(gen_random_uuid(), 'bob_0', 'bob_0@example.com') \gset
-SELECT body ->> 'user_id' AS shop
-  FROM api.create_user(gen_random_uuid(), 'shop_0', 'shop_0@example.com') \gset
 SELECT status FROM api.mint(:'alice', 1000, 'setup');
 SELECT status FROM api.mint(:'bob', 1000, 'setup');
 SELECT body ->> 'transfer_id' AS transfer_id
   FROM api.transfer(:'alice', :'bob', 100, request_user_id => :'alice') \gset
 SELECT body ->> 'hold_id' AS hold_id
-  FROM api.create_hold(from_user_id => :'alice', to_user_id => :'shop', amount => 50,
+  FROM api.create_hold(from_user_id => :'alice', to_user_id => :'bob', amount => 50,
                        request_user_id => :'alice') \gset
 SELECT api.create_api_key('comments', ARRAY['read'], 60, NULL) ->> 'id' AS key_id \gset
+-- As README.md sets them: users quoted by \set, ids as \gset leaves them (:'hold_id').
 \set alice '''' :alice ''''
 \set bob '''' :bob ''''
-\set shop '''' :shop ''''
-\set transfer_id '''' :transfer_id ''''
-\set hold_id '''' :hold_id ''''
-\set key_id '''' :key_id ''''
 """
 
 # Examples that show a placeholder where the DBA puts a value of their own (a key they were

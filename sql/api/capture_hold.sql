@@ -146,4 +146,4 @@ acting user (request_user_id) must be the sender or the receiver. Needs write.
 Errors: L4001 invalid_request, L4003 account_frozen, L4004 balance_limit_exceeded, L4032 unauthorized_transfer,
 L4042 not_found, L4091 idempotency_conflict, L4095 hold_not_pending (captured, voided, or past expires_at).
 Returns (status 200, body: the hold, replayed). Example:
-SELECT * FROM api.capture_hold(:hold_id, amount => 20, request_user_id => :shop);';
+SELECT * FROM api.capture_hold(:''hold_id'', amount => 20, request_user_id => :bob);';

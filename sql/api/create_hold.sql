@@ -130,4 +130,4 @@ expires_in_seconds (1 to 2592000; default, or NULL, 3600); capture it with api.c
 Needs write. Errors: L4001 invalid_request, L4002 insufficient_balance, L4003 account_frozen,
 L4032 unauthorized_transfer, L4041 user_not_found, L4091 idempotency_conflict.
 Returns (status 201, body, replayed). Example:
-SELECT * FROM api.create_hold(from_user_id => :alice, to_user_id => :shop, amount => 30, memo => ''order 17'', request_user_id => :alice);';
+SELECT * FROM api.create_hold(from_user_id => :alice, to_user_id => :bob, amount => 30, memo => ''order 17'', request_user_id => :alice);';

@@ -29,4 +29,4 @@ GRANT EXECUTE ON FUNCTION api.get_hold(uuid, text, uuid, text, inet) TO atp_app,
 COMMENT ON FUNCTION api.get_hold(uuid, text, uuid, text, inet) IS
 'One hold: status pending, captured, voided or expired (a pending hold past expires_at reads as expired), amount,
 captured_amount, transfer_id (when captured). Needs read. Errors: L4042 not_found.
-Example: SELECT api.get_hold(:hold_id);';
+Example: SELECT api.get_hold(:''hold_id'');';

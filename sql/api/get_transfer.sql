@@ -43,4 +43,4 @@ REVOKE ALL ON FUNCTION api.get_transfer(uuid, text, uuid, text, inet) FROM PUBLI
 GRANT EXECUTE ON FUNCTION api.get_transfer(uuid, text, uuid, text, inet) TO atp_app, atp_dba, atp_auditor;
 COMMENT ON FUNCTION api.get_transfer(uuid, text, uuid, text, inet) IS
 'One transfer by its transfer_id, with refunded_amount (what its refunds gave back so far). Needs read. Errors: L4042 not_found.
-Example: SELECT api.get_transfer(:transfer_id);';
+Example: SELECT api.get_transfer(:''transfer_id'');';

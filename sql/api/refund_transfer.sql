@@ -159,4 +159,4 @@ Errors: L4001 invalid_request, L4002 insufficient_balance, L4003 account_frozen,
 L4006 refund_exceeds_transfer, L4032 unauthorized_transfer, L4041 user_not_found, L4042 not_found,
 L4091 idempotency_conflict.
 Returns (status 201, body {refund_id, status, transfer_id, from_user_id, to_user_id, amount, reason, created_at}, replayed).
-Example: SELECT * FROM api.refund_transfer(:transfer_id, 2.5, ''damaged item'', request_user_id => :bob);';
+Example: SELECT * FROM api.refund_transfer(:''transfer_id'', 2.5, ''damaged item'', request_user_id => :bob);';

@@ -39,4 +39,4 @@ REVOKE ALL ON FUNCTION api.revoke_api_key(uuid, text, uuid, text, inet) FROM PUB
 GRANT EXECUTE ON FUNCTION api.revoke_api_key(uuid, text, uuid, text, inet) TO atp_app, atp_dba;
 COMMENT ON FUNCTION api.revoke_api_key(uuid, text, uuid, text, inet) IS
 'Revokes an API key at once; revoking a revoked key changes nothing. Needs admin. Errors: L4042 not_found.
-Example: SELECT api.revoke_api_key(:key_id);';
+Example: SELECT api.revoke_api_key(:''key_id'');';

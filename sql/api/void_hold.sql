@@ -94,4 +94,4 @@ COMMENT ON FUNCTION api.void_hold(uuid, uuid, text, text, uuid, text, inet) IS
 or the receiver; allowed on a frozen wallet. Needs write.
 Errors: L4001 invalid_request, L4032 unauthorized_transfer, L4042 not_found, L4091 idempotency_conflict,
 L4095 hold_not_pending (captured, voided, or past expires_at).
-Returns (status 200, body: the hold, replayed). Example: SELECT * FROM api.void_hold(:hold_id, request_user_id => :alice);';
+Returns (status 200, body: the hold, replayed). Example: SELECT * FROM api.void_hold(:''hold_id'', request_user_id => :alice);';
