@@ -245,3 +245,24 @@ def test_expiry_locks_wallets_in_the_order_transfers_do(
     assert dba.execute("SELECT count(*) FROM ledger.holds WHERE status = 'expired'"
                        " AND from_user_id IN (%s, %s)", [low, high]).fetchone() == (2,)  # fmt: skip
     verify_projections(dba)
+
+
+def test_a_capture_judges_expiry_by_the_clock(database: str, dba: psycopg.Connection) -> None:
+    """A capture in a transaction older than the hold's expiry (a psql session left open, or a
+    call that waited for locks) used now(), the transaction's start, and settled the hold after
+    its expires_at."""
+    payer, payee = make_users(dba, 2, "late", mint=Decimal(10))
+    with connect(database, autocommit=False) as late:
+        late.execute("SELECT 1")  # the transaction, and its now(), start here
+        created = call(
+            late, "create_hold", from_user_id=payer, to_user_id=payee, amount=Decimal(1),
+            expires_in_seconds=1, request_user_id=payer,
+        )  # fmt: skip
+        assert created.ok, created
+        time.sleep(1.2)
+        for function, user in (("capture_hold", payee), ("void_hold", payer)):
+            late.execute("SAVEPOINT attempt")
+            settled = call(late, function, hold_id=created.body["hold_id"], request_user_id=user)  # type: ignore[index]
+            assert settled.error == "L4095", (function, settled)
+            late.execute("ROLLBACK TO SAVEPOINT attempt")
+        late.rollback()

@@ -68,7 +68,9 @@ BEGIN
     ELSIF capture_hold.request_user_id NOT IN (_hold.from_user_id, _hold.to_user_id) THEN
         RAISE EXCEPTION USING ERRCODE = 'L4032',
             MESSAGE = 'the acting user (X-Request-User-Id; request_user_id in SQL) must be the sender or the receiver of the hold';
-    ELSIF _hold.status <> 'pending' OR _hold.expires_at <= now() THEN
+    -- The clock, not the transaction's start: a capture that waited, or ran late in a long
+    -- transaction, does not settle a hold after its expiry.
+    ELSIF _hold.status <> 'pending' OR _hold.expires_at <= clock_timestamp() THEN
         RAISE EXCEPTION USING ERRCODE = 'L4095', MESSAGE = format('hold %s is %s, not pending', _hold.id,
             CASE WHEN _hold.status = 'pending' THEN 'expired' ELSE _hold.status END);
     END IF;
