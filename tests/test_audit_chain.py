@@ -599,3 +599,57 @@ def test_no_role_without_privileges_can_stop_sealing(
                 assert sealer.execute("SELECT api.seal_audit()").fetchone()[0]["sealed_rows"] >= 1  # type: ignore[index]
     finally:
         dba.execute(f"DROP ROLE {role}")
+
+
+def test_a_hold_changed_around_the_functions_is_found(
+    dba: psycopg.Connection, history: dict[str, Any]
+) -> None:
+    """Holds are rows that change: each is compared with the audit row of its last change.
+    Holds created, captured, voided and expired verify; then the owner, who may UPDATE holds,
+    inflates a pending one (with the held balance to match, so verify_projections agrees),
+    pushes another's expiry out and voids a third without a request."""
+    alice, bob = history["alice"], history["bob"]
+
+    def hold(amount: str) -> str:
+        row = dba.execute(
+            "SELECT body ->> 'hold_id' FROM api.create_hold(%s, %s, %s::numeric,"
+            " request_user_id => %s)",
+            (alice, bob, amount, alice),
+        ).fetchone()
+        assert row is not None
+        return str(row[0])
+
+    captured, voided, expired, inflated, later, quiet = (hold("1") for _ in range(6))
+    dba.execute("SELECT api.capture_hold(%s, 0.5, request_user_id => %s)", (captured, bob))
+    dba.execute("SELECT api.void_hold(%s, request_user_id => %s)", (voided, alice))
+    with dba.transaction():
+        dba.execute("SET LOCAL session_replication_role = replica")
+        dba.execute(
+            "UPDATE ledger.holds SET expires_at = now() - interval '1 second' WHERE id = %s",
+            (expired,),
+        )
+    dba.execute("SELECT api.expire_holds()")
+    # The expiry pushed by hand above is what the expiry's own audit row states since.
+    assert verify(dba)["ok"] is True, verify(dba)
+
+    with dba.transaction():
+        dba.execute("SET LOCAL ROLE atp_owner")
+        dba.execute("UPDATE ledger.holds SET amount = 50 WHERE id = %s", (inflated,))
+        dba.execute(
+            "UPDATE ledger.balances SET held = held + 49 - 1 WHERE account_id ="
+            " (SELECT id FROM ledger.accounts WHERE user_id = %s AND account_type = 'user_wallet')",
+            (alice,),
+        )
+        dba.execute(
+            "UPDATE ledger.holds SET expires_at = expires_at + interval '10 years' WHERE id = %s",
+            (later,),
+        )
+        dba.execute(
+            "UPDATE ledger.holds SET status = 'voided', settled_at = now(), version = version + 1"
+            " WHERE id = %s",
+            (quiet,),
+        )
+    result = verify(dba)
+    problems = {p["hold_id"]: p["problem"] for p in result["problems"] if "hold_id" in p}
+    changed = "hold differs from the audit row of its last change"
+    assert problems == {inflated: changed, later: changed, quiet: changed}, result

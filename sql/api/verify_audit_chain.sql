@@ -126,6 +126,39 @@ BEGIN
         OR (s.debit_user IS NOT NULL AND p.debit_user IS DISTINCT FROM s.debit_user)
         OR (s.credit_user IS NOT NULL AND p.credit_user IS DISTINCT FROM s.credit_user);
 
+    -- Every hold against the audit row of the last request that wrote it (create, capture, void,
+    -- expiry: each states the hold as it left it): holds are rows that change, and the owner
+    -- could otherwise inflate a pending hold, with the held balance to match, and capture it.
+    WITH last_written AS (
+        SELECT DISTINCT ON (a.resource_id) a.resource_id, a.id AS audit_id,
+               jsonb_build_object('status', a.after_state -> 'status',
+                                  'from_user_id', a.after_state -> 'from_user_id',
+                                  'to_user_id', a.after_state -> 'to_user_id',
+                                  'amount', a.after_state -> 'amount',
+                                  'captured_amount', a.after_state -> 'captured_amount',
+                                  'expires_at', a.after_state -> 'expires_at',
+                                  'transfer_id', a.after_state -> 'transfer_id',
+                                  'version', a.after_state -> 'version') AS stated
+          FROM ledger.audit_log a
+         WHERE a.resource_type = 'hold'
+         ORDER BY a.resource_id, a.id DESC
+    )
+    SELECT _problems || COALESCE(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+               'hold_id', COALESCE(h.id::text, w.resource_id), 'audit_id', w.audit_id,
+               'problem', CASE WHEN w.audit_id IS NULL THEN 'hold has no audit row'
+                               WHEN h.id IS NULL THEN 'audit row names a hold that is not there'
+                               ELSE 'hold differs from the audit row of its last change' END))
+               ORDER BY COALESCE(h.id::text, w.resource_id)), '[]')
+      INTO _problems
+      FROM ledger.holds h
+      FULL JOIN last_written w ON w.resource_id = h.id::text
+     WHERE w.audit_id IS NULL OR h.id IS NULL
+        OR w.stated IS DISTINCT FROM jsonb_build_object(
+               'status', h.status, 'from_user_id', h.from_user_id, 'to_user_id', h.to_user_id,
+               'amount', h.amount::numeric(21, 8)::text,
+               'captured_amount', h.captured_amount::numeric(21, 8)::text,
+               'expires_at', ledger.rfc3339(h.expires_at), 'transfer_id', h.transfer_id, 'version', h.version);
+
     RETURN jsonb_build_object(
         'ok', jsonb_array_length(_problems) = 0,
         'rows', _rows,
@@ -141,7 +174,8 @@ REVOKE ALL ON FUNCTION api.verify_audit_chain(text, uuid, text, inet) FROM PUBLI
 GRANT EXECUTE ON FUNCTION api.verify_audit_chain(text, uuid, text, inet) TO atp_app, atp_dba, atp_auditor;
 COMMENT ON FUNCTION api.verify_audit_chain(text, uuid, text, inet) IS
 'Verifies the audit log: every row against its own hash, every seal against the rows it covers and the seal
-before it, and every journal against the audit row of the request that posted it (amount, users). ok is false,
-with the problems listed, if any row was changed, inserted or removed, or a journal disagrees with its row. head_hash is the
+before it, every journal against the audit row of the request that posted it (one debit and one credit line, amount,
+users), and every hold against the audit row of its last change. ok is false, with the problems listed, if any row was
+changed, inserted or removed, or a journal or hold disagrees with its row. head_hash is the
 newest seal''s hash: keep a copy outside the database to detect a rewrite of the whole chain. Needs read.
 Example: SELECT api.verify_audit_chain();';
