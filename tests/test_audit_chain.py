@@ -90,6 +90,12 @@ def verify(dba: psycopg.Connection) -> dict[str, Any]:
     return row[0]
 
 
+def verify_projections(dba: psycopg.Connection) -> dict[str, Any]:
+    row = dba.execute("SELECT api.verify_projections()").fetchone()
+    assert row is not None
+    return row[0]
+
+
 def reported(result: dict[str, Any]) -> tuple[set[int], set[int]]:
     """(audit ids, seal numbers) named in the verifier's problems."""
     problems = result["problems"]
@@ -653,3 +659,56 @@ def test_a_hold_changed_around_the_functions_is_found(
     problems = {p["hold_id"]: p["problem"] for p in result["problems"] if "hold_id" in p}
     changed = "hold differs from the audit row of its last change"
     assert problems == {inflated: changed, later: changed, quiet: changed}, result
+
+
+def test_events_and_lines_that_disagree_are_found(
+    dba: psycopg.Connection, history: dict[str, Any]
+) -> None:
+    """Rewrites that keep every balance: two of alice's debit events swap their amounts (her
+    as-of balances change, her total does not), an event moves back ten days (an as-of
+    balance went negative), a line's balance_after is changed. verify_projections compares
+    each line with its event, and balance_after with the sum of the lines before it."""
+    alice = history["alice"]
+    # Alice's money events, newest last: mint 100 (credit), transfer 10.5 out, transfer 1 in,
+    # burn 2 out.
+    debits = dba.execute(
+        "SELECT e.id, e.data ->> 'amount' FROM ledger.events e JOIN ledger.accounts a"
+        " ON a.id = e.aggregate_id WHERE a.user_id = %s AND e.event_type = 'AccountDebited'"
+        " ORDER BY e.version",
+        (alice,),
+    ).fetchall()
+    assert [amount for _, amount in debits] == ["10.50000000", "2.00000000"]
+    (first, first_amount), (second, second_amount) = debits
+    credit = count(
+        dba,
+        "SELECT e.id FROM ledger.events e JOIN ledger.accounts a ON a.id = e.aggregate_id"
+        " WHERE a.user_id = %s AND e.event_type = 'AccountCredited' ORDER BY e.version LIMIT 1",
+        (alice,),
+    )
+    assert verify_projections(dba)["ok"] is True
+    with dba.transaction():
+        dba.execute("SET LOCAL session_replication_role = replica")
+        for event, amount in ((first, second_amount), (second, first_amount)):
+            dba.execute(
+                "UPDATE ledger.events SET data = jsonb_set(data, '{amount}', to_jsonb(%s::text))"
+                " WHERE id = %s",
+                (amount, event),
+            )
+        dba.execute(
+            "UPDATE ledger.events SET created_at = created_at - interval '10 days' WHERE id = %s",
+            (credit,),
+        )
+        dba.execute(
+            "UPDATE ledger.ledger_entries SET balance_after = balance_after + 1"
+            " WHERE event_id = (SELECT max(id) FROM ledger.events WHERE aggregate_id ="
+            " (SELECT id FROM ledger.accounts WHERE user_id = %s)"
+            " AND event_type = 'AccountCredited')",
+            (history["bob"],),
+        )
+    result = verify_projections(dba)
+    assert result["ok"] is False
+    assert result["projection_mismatches"] == [], result  # the balances still agree
+    found = {p["event_id"]: p["problem"] for p in result["line_event_mismatches"]}
+    differ = "journal line and its event differ"
+    assert {first: differ, second: differ, credit: differ}.items() <= found.items(), found
+    assert "balance_after is not the sum of the lines before it" in found.values(), found

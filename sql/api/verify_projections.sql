@@ -18,6 +18,7 @@ DECLARE
     _journals jsonb;
     _held jsonb;
     _refunds jsonb;
+    _lines jsonb;
     _totals record;
     _supply record;
 BEGIN
@@ -82,6 +83,47 @@ BEGIN
               FROM ledger.ledger_entries GROUP BY journal_id) j
      WHERE j.debits IS DISTINCT FROM j.credits;
 
+    -- Each journal line and the money event it was written with tell one story: the same
+    -- account, side, amount, journal, kind and time, and the line's balance_after is the sum of
+    -- the account's lines up to it (in event version order). Events swapped, moved in time or
+    -- rewritten, or lines rewritten, all consistently enough to keep the balances, are found
+    -- here; as-of answers replay the events, history reads the lines.
+    WITH line AS (
+        SELECT l.id AS entry_id, l.journal_id, l.event_id, l.account_id, l.side, l.amount, l.balance_after,
+               l.kind, l.created_at, t.normal_side
+          FROM ledger.ledger_entries l
+          LEFT JOIN ledger.accounts a ON a.id = l.account_id
+          LEFT JOIN ledger.account_types t ON t.code = a.account_type
+    ), paired AS (
+        SELECT l.*, e.id AS e_id, e.aggregate_id, e.event_type, e.data, e.created_at AS e_created_at,
+               sum(CASE WHEN l.side = l.normal_side THEN l.amount ELSE -l.amount END)
+                   OVER (PARTITION BY l.account_id ORDER BY e.version) AS running
+          FROM line l
+          FULL JOIN (SELECT * FROM ledger.events
+                      WHERE aggregate_type = 'account' AND event_type IN ('AccountDebited', 'AccountCredited')) e
+            ON e.id = l.event_id
+    )
+    SELECT COALESCE(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+               'entry_id', p.entry_id, 'event_id', COALESCE(p.e_id, p.event_id), 'journal_id', p.journal_id,
+               'problem', CASE WHEN p.entry_id IS NULL THEN 'money event without its journal line'
+                               WHEN p.e_id IS NULL THEN 'journal line without its event'
+                               WHEN p.running IS DISTINCT FROM p.balance_after
+                                    AND p.aggregate_id = p.account_id AND p.e_created_at = p.created_at
+                                    AND p.data ->> 'amount' = p.amount::numeric(21, 8)::text
+                                   THEN 'balance_after is not the sum of the lines before it'
+                               ELSE 'journal line and its event differ' END))
+               ORDER BY p.entry_id, p.e_id), '[]')
+      INTO _lines
+      FROM paired p
+     WHERE p.entry_id IS NULL OR p.e_id IS NULL
+        OR p.aggregate_id IS DISTINCT FROM p.account_id
+        OR p.event_type <> CASE p.side WHEN 'debit' THEN 'AccountDebited' ELSE 'AccountCredited' END
+        OR p.data ->> 'amount' IS DISTINCT FROM p.amount::numeric(21, 8)::text
+        OR p.data ->> 'journal_id' IS DISTINCT FROM p.journal_id::text
+        OR p.data ->> 'kind' IS DISTINCT FROM p.kind
+        OR p.e_created_at IS DISTINCT FROM p.created_at
+        OR p.running IS DISTINCT FROM p.balance_after;
+
     -- What each account reserves equals its pending holds (an expired one until maintenance releases it).
     SELECT COALESCE(jsonb_agg(jsonb_build_object('account_id', b.account_id, 'held', b.held,
                                                  'pending_holds', COALESCE(p.total, 0))), '[]')
@@ -119,7 +161,7 @@ BEGIN
         'ok', jsonb_array_length(_mismatches) = 0 AND jsonb_array_length(_gaps) = 0
               AND jsonb_array_length(_entries) = 0 AND jsonb_array_length(_snapshots) = 0
               AND jsonb_array_length(_journals) = 0 AND jsonb_array_length(_refunds) = 0
-              AND jsonb_array_length(_held) = 0
+              AND jsonb_array_length(_held) = 0 AND jsonb_array_length(_lines) = 0
               AND _totals.debit_normal = _totals.credit_normal
               AND _supply.debits = _supply.credits
               AND _supply.minted - _supply.burned = _totals.credit_normal,
@@ -130,6 +172,7 @@ BEGIN
         'snapshot_mismatches', _snapshots,
         'unbalanced_journals', _journals,
         'held_mismatches', _held,
+        'line_event_mismatches', _lines,
         'over_refunded', _refunds,
         -- Totals over all of history grow without bound (every transfer adds to both sides), so
         -- they are shown with 8 decimals by round, not cast to the ledger's amount type.
@@ -150,6 +193,8 @@ REVOKE ALL ON FUNCTION api.verify_projections(text, uuid, text, inet) FROM PUBLI
 GRANT EXECUTE ON FUNCTION api.verify_projections(text, uuid, text, inet) TO atp_app, atp_dba, atp_auditor;
 COMMENT ON FUNCTION api.verify_projections(text, uuid, text, inet) IS
 'Checks every invariant of the books: balances equal the replay of the events, versions have no gaps, journal lines
-add up to the balances, snapshots equal the replay, every journal balances, what each account reserves (held)
+add up to the balances, each line agrees with its event (account, side, amount, journal, kind, time) and its
+balance_after with the lines before it (line_event_mismatches), snapshots equal the replay, every journal balances,
+what each account reserves (held)
 equals its pending holds, no transfer is refunded beyond its amount (over_refunded), the trial balance holds, and
 everything held equals minted minus burned. ok is true only if all hold. Needs read. Example: SELECT api.verify_projections();';

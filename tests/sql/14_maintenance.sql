@@ -77,7 +77,8 @@ SELECT throws_ok(format('SELECT api.expire_idempotency_keys(%L)', (SELECT hash F
 -- ---------------------------------------------------------------- the books: verify and rebuild
 SELECT is(api.verify_projections() - 'accounts' - 'trial_balance' - 'supply',
           '{"ok": true, "projection_mismatches": [], "version_gaps": [], "entry_mismatches": [],
-            "snapshot_mismatches": [], "unbalanced_journals": [], "held_mismatches": [], "over_refunded": []}'::jsonb,
+            "snapshot_mismatches": [], "unbalanced_journals": [], "held_mismatches": [], "line_event_mismatches": [],
+            "over_refunded": []}'::jsonb,
           'verify_projections finds nothing wrong');
 SELECT results_eq(
     $$SELECT (s ->> 'minted')::numeric, (s ->> 'burned')::numeric, (s ->> 'held')::numeric, (s ->> 'in_wallets')::numeric
