@@ -64,7 +64,9 @@ BEGIN
             replayed := true;
             RETURN;
         END IF;
-        RAISE EXCEPTION USING ERRCODE = 'L4042', MESSAGE = format('hold %s not found', capture_hold.hold_id);
+        RAISE EXCEPTION USING ERRCODE = CASE WHEN capture_hold.hold_id IS NULL THEN 'L4001' ELSE 'L4042' END,
+            MESSAGE = CASE WHEN capture_hold.hold_id IS NULL THEN 'hold_id is required'
+                           ELSE format('hold %s not found', capture_hold.hold_id) END;
     ELSIF capture_hold.request_user_id NOT IN (_hold.from_user_id, _hold.to_user_id) THEN
         RAISE EXCEPTION USING ERRCODE = 'L4032',
             MESSAGE = 'the acting user (X-Request-User-Id; request_user_id in SQL) must be the sender or the receiver of the hold';

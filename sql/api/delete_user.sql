@@ -41,7 +41,9 @@ BEGIN
      WHERE id = delete_user.user_id AND deleted_at IS NULL AND NOT is_system
        FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found', delete_user.user_id);
+        RAISE EXCEPTION USING ERRCODE = CASE WHEN delete_user.user_id IS NULL THEN 'L4001' ELSE 'L4041' END,
+            MESSAGE = CASE WHEN delete_user.user_id IS NULL THEN 'user_id is required'
+                           ELSE format('user %s not found', delete_user.user_id) END;
     END IF;
     -- The wallet's row lock keeps money from arriving between the check and the close.
     SELECT b.* INTO _wallet FROM ledger.balances b

@@ -18,7 +18,9 @@ BEGIN
                              get_hold.correlation_id, get_hold.client_addr);
     SELECT ledger.hold_json(h) INTO _body FROM ledger.holds h WHERE h.id = get_hold.hold_id;
     IF _body IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'L4042', MESSAGE = format('hold %s not found', get_hold.hold_id);
+        RAISE EXCEPTION USING ERRCODE = CASE WHEN get_hold.hold_id IS NULL THEN 'L4001' ELSE 'L4042' END,
+            MESSAGE = CASE WHEN get_hold.hold_id IS NULL THEN 'hold_id is required'
+                           ELSE format('hold %s not found', get_hold.hold_id) END;
     END IF;
     RETURN _body;
 END
@@ -28,5 +30,5 @@ REVOKE ALL ON FUNCTION api.get_hold(uuid, text, uuid, text, inet) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.get_hold(uuid, text, uuid, text, inet) TO atp_app, atp_dba, atp_auditor;
 COMMENT ON FUNCTION api.get_hold(uuid, text, uuid, text, inet) IS
 'One hold: status pending, captured, voided or expired (a pending hold past expires_at reads as expired), amount,
-captured_amount, transfer_id (when captured). Needs read. Errors: L4042 not_found.
+captured_amount, transfer_id (when captured). Needs read. Errors: L4001 invalid_request (no hold_id), L4042 not_found.
 Example: SELECT api.get_hold(:''hold_id'');';

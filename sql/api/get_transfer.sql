@@ -32,8 +32,9 @@ BEGIN
       JOIN ledger.accounts a ON a.id = e.account_id
      WHERE e.journal_id = get_transfer.transfer_id AND e.kind = 'transfer_out';
     IF _body IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'L4042',
-            MESSAGE = format('transfer %s not found', get_transfer.transfer_id);
+        RAISE EXCEPTION USING ERRCODE = CASE WHEN get_transfer.transfer_id IS NULL THEN 'L4001' ELSE 'L4042' END,
+            MESSAGE = CASE WHEN get_transfer.transfer_id IS NULL THEN 'transfer_id is required'
+                           ELSE format('transfer %s not found', get_transfer.transfer_id) END;
     END IF;
     RETURN _body;
 END
@@ -42,5 +43,6 @@ $$;
 REVOKE ALL ON FUNCTION api.get_transfer(uuid, text, uuid, text, inet) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.get_transfer(uuid, text, uuid, text, inet) TO atp_app, atp_dba, atp_auditor;
 COMMENT ON FUNCTION api.get_transfer(uuid, text, uuid, text, inet) IS
-'One transfer by its transfer_id, with refunded_amount (what its refunds gave back so far). Needs read. Errors: L4042 not_found.
+'One transfer by its transfer_id, with refunded_amount (what its refunds gave back so far). Needs read. Errors: L4001 invalid_request (no transfer_id), L4042
+not_found.
 Example: SELECT api.get_transfer(:''transfer_id'');';

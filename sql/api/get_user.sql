@@ -18,7 +18,9 @@ BEGIN
                              get_user.correlation_id, get_user.client_addr);
     _body := ledger.user_json(get_user.user_id);
     IF _body IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found', get_user.user_id);
+        RAISE EXCEPTION USING ERRCODE = CASE WHEN get_user.user_id IS NULL THEN 'L4001' ELSE 'L4041' END,
+            MESSAGE = CASE WHEN get_user.user_id IS NULL THEN 'user_id is required'
+                           ELSE format('user %s not found', get_user.user_id) END;
     END IF;
     RETURN _body;
 END
@@ -27,5 +29,5 @@ $$;
 REVOKE ALL ON FUNCTION api.get_user(uuid, text, uuid, text, inet) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.get_user(uuid, text, uuid, text, inet) TO atp_app, atp_dba, atp_auditor;
 COMMENT ON FUNCTION api.get_user(uuid, text, uuid, text, inet) IS
-'A live user with the wallet''s balance. Needs read. Errors: L4041 user_not_found.
+'A live user with the wallet''s balance. Needs read. Errors: L4001 invalid_request (no user_id), L4041 user_not_found.
 Example: SELECT api.get_user(:alice);';

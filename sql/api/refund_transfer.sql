@@ -58,8 +58,9 @@ BEGIN
       JOIN ledger.accounts ra ON ra.id = c.account_id
      WHERE d.journal_id = refund_transfer.transfer_id AND d.side = 'debit' AND d.kind = 'transfer_out';
     IF _t.amount IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'L4042',
-            MESSAGE = format('transfer %s not found', refund_transfer.transfer_id);
+        RAISE EXCEPTION USING ERRCODE = CASE WHEN refund_transfer.transfer_id IS NULL THEN 'L4001' ELSE 'L4042' END,
+            MESSAGE = CASE WHEN refund_transfer.transfer_id IS NULL THEN 'transfer_id is required'
+                           ELSE format('transfer %s not found', refund_transfer.transfer_id) END;
     ELSIF refund_transfer.request_user_id IS DISTINCT FROM _t.receiver THEN
         RAISE EXCEPTION USING ERRCODE = 'L4032',
             MESSAGE = 'the acting user (X-Request-User-Id; request_user_id in SQL) must be the receiver of the transfer';

@@ -20,7 +20,9 @@ BEGIN
                              revoke_api_key.correlation_id, revoke_api_key.client_addr);
     SELECT * INTO _row FROM ledger.api_keys WHERE id = revoke_api_key.api_key_id FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'L4042', MESSAGE = format('API key %s not found', revoke_api_key.api_key_id);
+        RAISE EXCEPTION USING ERRCODE = CASE WHEN revoke_api_key.api_key_id IS NULL THEN 'L4001' ELSE 'L4042' END,
+            MESSAGE = CASE WHEN revoke_api_key.api_key_id IS NULL THEN 'api_key_id is required'
+                           ELSE format('API key %s not found', revoke_api_key.api_key_id) END;
     END IF;
     IF _row.is_active THEN
         UPDATE ledger.api_keys SET is_active = false, revoked_at = clock_timestamp()
@@ -38,5 +40,5 @@ $$;
 REVOKE ALL ON FUNCTION api.revoke_api_key(uuid, text, uuid, text, inet) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.revoke_api_key(uuid, text, uuid, text, inet) TO atp_app, atp_dba;
 COMMENT ON FUNCTION api.revoke_api_key(uuid, text, uuid, text, inet) IS
-'Revokes an API key at once; revoking a revoked key changes nothing. Needs admin. Errors: L4042 not_found.
+'Revokes an API key at once; revoking a revoked key changes nothing. Needs admin. Errors: L4001 invalid_request (no api_key_id), L4042 not_found.
 Example: SELECT api.revoke_api_key(:''key_id'');';

@@ -54,7 +54,9 @@ BEGIN
      WHERE id = update_user.user_id AND deleted_at IS NULL AND NOT is_system
        FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found', update_user.user_id);
+        RAISE EXCEPTION USING ERRCODE = CASE WHEN update_user.user_id IS NULL THEN 'L4001' ELSE 'L4041' END,
+            MESSAGE = CASE WHEN update_user.user_id IS NULL THEN 'user_id is required'
+                           ELSE format('user %s not found', update_user.user_id) END;
     END IF;
     IF update_user.expected_version IS NOT NULL AND update_user.expected_version <> _user.version THEN
         RAISE EXCEPTION USING ERRCODE = 'L4092',

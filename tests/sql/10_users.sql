@@ -134,7 +134,7 @@ SELECT throws_ok($$SELECT api.get_user('deadbeef-0000-4000-8000-000000000000')$$
                  'L4041', NULL, 'get_user of an unknown id is user_not_found');
 SELECT throws_ok($$SELECT api.get_user('00000000-0000-0000-0000-000000000001')$$,
                  'L4041', NULL, 'system users are not visible through get_user');
-SELECT throws_ok($$SELECT api.get_user(NULL)$$, 'L4041', NULL, 'get_user of no id is user_not_found');
+SELECT throws_ok($$SELECT api.get_user(NULL)$$, 'L4001', 'user_id is required', 'get_user of no id is invalid_request');
 
 -- ---------------------------------------------------------------- update_user
 INSERT INTO res SELECT 'rename display', * FROM api.update_user(

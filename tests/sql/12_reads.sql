@@ -1,7 +1,7 @@
 -- Reads: get_balance (now and as_of, with snapshots), get_history (order, kinds, balance_after,
 -- cursor pagination) and get_transfer. (list_events needs committed transactions: 16_event_feed.sql.)
 BEGIN;
-SELECT plan(50);
+SELECT plan(57);
 
 CREATE TEMP TABLE k (name text PRIMARY KEY, id uuid, key text, hash text);
 INSERT INTO k
@@ -217,7 +217,17 @@ SELECT throws_ok($$SELECT api.get_transfer('deadbeef-0000-4000-8000-000000000000
                  'L4042', NULL, 'an unknown transfer is not_found');
 SELECT throws_ok(format('SELECT api.get_transfer(%L)', (SELECT body ->> 'mint_id' FROM res WHERE name = 'mint')),
                  'L4042', NULL, 'a mint is not a transfer');
-SELECT throws_ok($$SELECT api.get_transfer(NULL)$$, 'L4042', NULL, 'get_transfer of no id is not_found');
+
+-- A NULL id (possible from psql, never over HTTP) is a missing argument, not "user  not found".
+SELECT throws_ok(format('SELECT * FROM api.%s', c), 'L4001', m, 'NULL id: ' || c)
+  FROM (VALUES ('get_user(NULL)', 'user_id is required'),
+               ('update_user(NULL, display_name => ''x'')', 'user_id is required'),
+               ('delete_user(NULL)', 'user_id is required'),
+               ('get_hold(NULL)', 'hold_id is required'),
+               ('capture_hold(NULL, request_user_id => gen_random_uuid())', 'hold_id is required'),
+               ('void_hold(NULL, request_user_id => gen_random_uuid())', 'hold_id is required'),
+               ('get_transfer(NULL)', 'transfer_id is required'),
+               ('refund_transfer(NULL, request_user_id => gen_random_uuid())', 'transfer_id is required')) AS t(c, m);
 
 SELECT * FROM finish();
 ROLLBACK;

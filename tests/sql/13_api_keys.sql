@@ -177,7 +177,7 @@ SELECT is(api.revoke_api_key((SELECT id FROM k WHERE name = 'victim')), (SELECT 
 SELECT is((SELECT count(*)::int FROM ledger.audit_log WHERE action = 'api_key.revoke'), 1, 'and records nothing');
 SELECT throws_ok($$SELECT api.revoke_api_key('deadbeef-0000-4000-8000-000000000000')$$,
                  'L4042', NULL, 'revoking an unknown key is not_found');
-SELECT throws_ok($$SELECT api.revoke_api_key(NULL)$$, 'L4042', NULL, 'revoking no key is not_found');
+SELECT throws_ok($$SELECT api.revoke_api_key(NULL)$$, 'L4001', 'api_key_id is required', 'revoking no key is invalid_request');
 SELECT throws_ok(format('SELECT api.revoke_api_key(%L, %L)', (SELECT id FROM k WHERE name = 'read'),
                         (SELECT hash FROM k WHERE name = 'write')),
                  'L4031', NULL, 'a write key cannot revoke keys');
