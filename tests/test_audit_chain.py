@@ -712,3 +712,23 @@ def test_events_and_lines_that_disagree_are_found(
     differ = "journal line and its event differ"
     assert {first: differ, second: differ, credit: differ}.items() <= found.items(), found
     assert "balance_after is not the sum of the lines before it" in found.values(), found
+
+
+def test_an_event_amount_that_is_no_number_is_reported(
+    dba: psycopg.Connection, history: dict[str, Any]
+) -> None:
+    """verify_projections replays money events by their amounts: one that is not a number,
+    forged by hand, is named instead of stopping the verification with a cast's error."""
+    event = count(
+        dba,
+        "SELECT min(id) FROM ledger.events WHERE event_type = 'AccountDebited'",
+    )
+    with dba.transaction():
+        dba.execute("SET LOCAL session_replication_role = replica")
+        dba.execute(
+            "UPDATE ledger.events SET data = jsonb_set(data, '{amount}', '\"12,5\"') WHERE id = %s",
+            (event,),
+        )
+    result = verify_projections(dba)
+    assert result["ok"] is False
+    assert result["malformed_events"] == [event], result

@@ -19,33 +19,63 @@ DECLARE
     _held jsonb;
     _refunds jsonb;
     _lines jsonb;
+    _malformed jsonb := '[]';
     _totals record;
     _supply record;
 BEGIN
     PERFORM ledger.authorize(verify_projections.api_key_hash, 'read', verify_projections.request_user_id,
                              verify_projections.correlation_id, verify_projections.client_addr);
-    -- Projection against replay, account by account (a missing row on either side counts), the
-    -- normal side against the account type's (no CHECK guards balances.normal_side).
-    SELECT COALESCE(jsonb_agg(jsonb_build_object(
-               'account_id', COALESCE(b.account_id, r.account_id),
-               'projected', CASE WHEN b.account_id IS NOT NULL THEN jsonb_build_object(
-                   'balance', b.balance, 'is_frozen', b.is_frozen, 'is_closed', b.is_closed, 'version', b.version,
-                   'normal_side', b.normal_side) END,
-               'replayed', CASE WHEN r.account_id IS NOT NULL THEN jsonb_build_object(
-                   'balance', r.balance, 'is_frozen', r.is_frozen, 'is_closed', r.is_closed, 'version', r.version,
-                   'normal_side', r.normal_side) END)), '[]')
-      INTO _mismatches
-      FROM ledger.balances b
-      FULL JOIN ledger.replay_accounts() r ON r.account_id = b.account_id
-     WHERE (b.balance, b.is_frozen, b.is_closed, b.version, b.normal_side)
-           IS DISTINCT FROM (r.balance, r.is_frozen, r.is_closed, r.version, r.normal_side);
+    -- The checks that replay the events read each money event's amount as a number: an event
+    -- whose amount is not one (a row forged by hand) is reported, where the cast would stop
+    -- the verification.
+    BEGIN
+        -- Projection against replay, account by account (a missing row on either side counts), the
+        -- normal side against the account type's (no CHECK guards balances.normal_side).
+        SELECT COALESCE(jsonb_agg(jsonb_build_object(
+                   'account_id', COALESCE(b.account_id, r.account_id),
+                   'projected', CASE WHEN b.account_id IS NOT NULL THEN jsonb_build_object(
+                       'balance', b.balance, 'is_frozen', b.is_frozen, 'is_closed', b.is_closed, 'version', b.version,
+                       'normal_side', b.normal_side) END,
+                   'replayed', CASE WHEN r.account_id IS NOT NULL THEN jsonb_build_object(
+                       'balance', r.balance, 'is_frozen', r.is_frozen, 'is_closed', r.is_closed, 'version', r.version,
+                       'normal_side', r.normal_side) END)), '[]')
+          INTO _mismatches
+          FROM ledger.balances b
+          FULL JOIN ledger.replay_accounts() r ON r.account_id = b.account_id
+         WHERE (b.balance, b.is_frozen, b.is_closed, b.version, b.normal_side)
+               IS DISTINCT FROM (r.balance, r.is_frozen, r.is_closed, r.version, r.normal_side);
 
-    -- Versions 1..n with no gap and no duplicate.
-    SELECT COALESCE(jsonb_agg(jsonb_build_object('account_id', r.account_id, 'events', r.event_count,
-                                                 'max_version', r.version)), '[]')
-      INTO _gaps
-      FROM ledger.replay_accounts() r
-     WHERE r.event_count <> r.version;
+        -- Versions 1..n with no gap and no duplicate.
+        SELECT COALESCE(jsonb_agg(jsonb_build_object('account_id', r.account_id, 'events', r.event_count,
+                                                     'max_version', r.version)), '[]')
+          INTO _gaps
+          FROM ledger.replay_accounts() r
+         WHERE r.event_count <> r.version;
+
+        -- Each snapshot equals the replay up to its version.
+        SELECT COALESCE(jsonb_agg(jsonb_build_object('account_id', s.account_id, 'version', s.version,
+                                                     'snapshot', s.balance, 'replayed', x.total)), '[]')
+          INTO _snapshots
+          FROM ledger.snapshots s
+          JOIN ledger.accounts a ON a.id = s.account_id
+          JOIN ledger.account_types t ON t.code = a.account_type
+          CROSS JOIN LATERAL (SELECT COALESCE(sum(ledger.event_delta(e.event_type, e.data, t.normal_side)), 0) AS total
+                                FROM ledger.events e
+                               WHERE e.aggregate_type = 'account' AND e.aggregate_id = s.account_id
+                                 AND e.version <= s.version) x
+         WHERE x.total <> s.balance;
+    EXCEPTION WHEN data_exception THEN
+        SELECT COALESCE(jsonb_agg(e.id ORDER BY e.id), '[]') INTO _malformed
+          FROM ledger.events e
+         WHERE e.aggregate_type = 'account' AND e.event_type IN ('AccountDebited', 'AccountCredited')
+           AND (e.data ->> 'amount') !~ '^[0-9]{1,13}(\.[0-9]{1,8})?$';
+        IF _malformed = '[]' THEN  -- some other value the replay could not read: say what
+            _malformed := jsonb_build_array(SQLERRM);
+        END IF;
+        _mismatches := '[]';
+        _gaps := '[]';
+        _snapshots := '[]';
+    END;
 
     -- The journal lines of each account add up to its balance.
     SELECT COALESCE(jsonb_agg(jsonb_build_object('account_id', b.account_id, 'balance', b.balance,
@@ -61,19 +91,6 @@ BEGIN
                                      WHEN 'debit' THEN COALESCE(s.debits, 0) - COALESCE(s.credits, 0)
                                      ELSE COALESCE(s.credits, 0) - COALESCE(s.debits, 0) END AS total) x
      WHERE x.total <> b.balance;
-
-    -- Each snapshot equals the replay up to its version.
-    SELECT COALESCE(jsonb_agg(jsonb_build_object('account_id', s.account_id, 'version', s.version,
-                                                 'snapshot', s.balance, 'replayed', x.total)), '[]')
-      INTO _snapshots
-      FROM ledger.snapshots s
-      JOIN ledger.accounts a ON a.id = s.account_id
-      JOIN ledger.account_types t ON t.code = a.account_type
-      CROSS JOIN LATERAL (SELECT COALESCE(sum(ledger.event_delta(e.event_type, e.data, t.normal_side)), 0) AS total
-                            FROM ledger.events e
-                           WHERE e.aggregate_type = 'account' AND e.aggregate_id = s.account_id
-                             AND e.version <= s.version) x
-     WHERE x.total <> s.balance;
 
     SELECT COALESCE(jsonb_agg(jsonb_build_object('journal_id', j.journal_id, 'debits', j.debits,
                                                  'credits', j.credits)), '[]')
@@ -162,6 +179,7 @@ BEGIN
               AND jsonb_array_length(_entries) = 0 AND jsonb_array_length(_snapshots) = 0
               AND jsonb_array_length(_journals) = 0 AND jsonb_array_length(_refunds) = 0
               AND jsonb_array_length(_held) = 0 AND jsonb_array_length(_lines) = 0
+              AND jsonb_array_length(_malformed) = 0
               AND _totals.debit_normal = _totals.credit_normal
               AND _supply.debits = _supply.credits
               AND _supply.minted - _supply.burned = _totals.credit_normal,
@@ -185,7 +203,10 @@ BEGIN
             'minted', round(_supply.minted, 8)::text,
             'burned', round(_supply.burned, 8)::text,
             'held', round(_totals.credit_normal, 8)::text,
-            'in_wallets', round(_totals.wallets, 8)::text));
+            'in_wallets', round(_totals.wallets, 8)::text))
+        -- Only when there are any: the replay's checks above did not run.
+        || CASE WHEN jsonb_array_length(_malformed) > 0
+                THEN jsonb_build_object('malformed_events', _malformed) ELSE '{}' END;
 END
 $$;
 
