@@ -267,8 +267,20 @@ async def arguments(request: Request, op: Operation, limit: int) -> dict[str, st
     else:
         body = {}
     if op.writes:
-        args["request_hash"] = request_hash(request, body, args["request_user_id"])
+        args["request_hash"] = request_hash(
+            request, same_request(op, body), args["request_user_id"]
+        )
     return args
+
+
+def same_request(op: Operation, body: dict[str, Any]) -> dict[str, Any]:
+    """The body as its request is compared for idempotency: a field given as null that the
+    function receives as if it were absent (NULL) is left out, so a retry that writes it one way
+    or the other is a replay, not a conflict."""
+    if None not in body.values():
+        return body
+    nulls_mean = {field.name: field.null_as for field in op.body or ()}
+    return {k: v for k, v in body.items() if v is not None or nulls_mean.get(k) is not None}
 
 
 # --- calling the database ------------------------------------------------------------------

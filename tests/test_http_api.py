@@ -76,8 +76,15 @@ def test_user_lifecycle(api: Api, admin_key: str) -> None:
     display_name = {"type": "string", "nullable": True}
     assert {"required": ["display_name"], "properties": {"display_name": display_name}} in branches
     email = f"{user_id[:8]}@example.com"
-    renamed = api.request("PATCH", f"/users/{user_id}", writer, {"email": email})
+    key = str(uuid.uuid4())
+    renamed = api.request(
+        "PATCH", f"/users/{user_id}", writer, {"email": email}, idempotency_key=key
+    )
     assert renamed.json()["display_name"] is None and renamed.json()["email"] == email
+    # Here a null is not an absence (it clears the name): under the same key, another request.
+    also_cleared = {"email": email, "display_name": None}
+    again = api.request("PATCH", f"/users/{user_id}", writer, also_cleared, idempotency_key=key)
+    expect_error(again, 409, "idempotency_conflict")
 
     api.mint(admin_key, user_id, "5")
     expect_error(api.request("DELETE", f"/users/{user_id}", writer), 409, "balance_not_zero")

@@ -245,6 +245,18 @@ def test_idempotency(api: Api, admin_key: str) -> None:
     assert one.status_code == two.status_code == 200 and one.json() == two.json()
     assert two.headers["idempotent-replayed"] == "true"
     assert wallet(api, admin_key, bob)["balance"] == "2.00000000"
+    # A null the function receives as absent is the same request: a retry that writes the
+    # optional amount as null, or leaves it out, replays.
+    other = hold(api, admin_key, alice, bob, "1").json()
+    whole_key = str(uuid.uuid4())
+    path = f"/holds/{other['hold_id']}/capture"
+    whole = api.request("POST", path, admin_key, idempotency_key=whole_key, acting_user=bob)
+    null = api.request(
+        "POST", path, admin_key, {"amount": None}, idempotency_key=whole_key, acting_user=bob
+    )
+    assert whole.status_code == null.status_code == 200, null.text
+    assert null.headers["idempotent-replayed"] == "true" and null.json() == whole.json()
+    assert wallet(api, admin_key, bob)["balance"] == "3.00000000"
 
 
 def test_expired_hold(api: Api, admin_key: str) -> None:
