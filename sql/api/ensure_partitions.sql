@@ -31,5 +31,6 @@ COMMENT ON FUNCTION api.ensure_partitions(integer, text, uuid, text, inet) IS
 'Creates the monthly partitions of events and ledger entries from this month to months_ahead months ahead (run by
 api.run_maintenance every maintenance interval and by every migrate). Lists months it could not create because their
 rows already sit in the default partition, and those whose table was busy for 200 ms (skipped_locked, made by a later
-run: creating a partition locks its parent, and transfers would queue behind a long reader). Needs an admin key, or a keyless call from atp_dba or atp_app.
+run: creating a partition locks its parent, and transfers would queue behind a long reader). Needs an admin key, or
+a keyless call from atp_dba or atp_app.
 Errors: L4001 invalid_request (months_ahead not between 0 and 120). Example: SELECT api.ensure_partitions(6);';
