@@ -51,12 +51,20 @@ const balanceOf = async (user) => (await call('GET', `/users/${user}/balance`)).
 const HOP_BY_HOP = ['host', 'connection', 'keep-alive', 'transfer-encoding', 'content-length', 'upgrade', 'expect'];
 
 function startProxy(target) {
-  const state = { transfers: [], loseNextAnswer: false, unavailableNext: false, keyOverride: null };
+  const state = {
+    transfers: [],
+    correlations: [],
+    loseNextAnswer: false,
+    gatewayErrorNext: false,
+    unavailableNext: false,
+    keyOverride: null,
+  };
   const server = http.createServer(async (req, res) => {
     const chunks = [];
     for await (const chunk of req) chunks.push(chunk);
     const isTransfer = req.method === 'POST' && req.url === '/transfers';
     if (isTransfer) state.transfers.push(req.headers['idempotency-key']);
+    if (isTransfer) state.correlations.push(req.headers['x-correlation-id']);
     if (isTransfer && state.unavailableNext) {
       state.unavailableNext = false; // what the API answers while its database is away
       res.writeHead(503, { 'Content-Type': 'application/json', 'Retry-After': '1' });
@@ -84,6 +92,11 @@ function startProxy(target) {
       state.loseNextAnswer = false; // the transfer happened; its answer never arrives
       return req.socket.destroy();
     }
+    if (isTransfer && state.gatewayErrorNext) {
+      state.gatewayErrorNext = false; // the transfer happened; a gateway answers in its place
+      res.writeHead(502, { 'Content-Type': 'text/html' });
+      return res.end('<html><body>502 Bad Gateway</body></html>');
+    }
     const out = {};
     upstream.headers.forEach((value, name) => {
       if (!HOP_BY_HOP.includes(name) && name !== 'content-encoding') out[name] = value;
@@ -105,6 +118,7 @@ function appEnvironment() {
     ...process.env,
     FINANCEATP_URL: proxy.url,
     FINANCEATP_API_KEY: api.key,
+    FINANCEATP_DEMO_ACTING_USER: 'request', // the demo's stand-in for a login (src/lib/acting-user.ts)
     NEXT_TELEMETRY_DISABLED: '1',
   };
 }
@@ -260,7 +274,7 @@ test('the same form submitted twice at once moves the money once', async () => {
   assert.equal(await page.locator('[data-testid=history-row]', { hasText: 'double click' }).count(), 1);
 });
 
-test('a lost answer and a 503 are retried with the same key, and pay once', async () => {
+test('a lost answer, a 503 and a gateway 502 are retried with the same key, and pay once', async () => {
   await openWallet(alice);
   let before = proxy.state.transfers.length;
   proxy.state.loseNextAnswer = true;
@@ -281,15 +295,29 @@ test('a lost answer and a 503 are retried with the same key, and pay once', asyn
   assert.equal(keys[0], keys[1]);
   assert.equal(await balanceOf(alice), '80.50000000');
   assert.equal(await balanceOf(bob), '19.50000000');
+
+  // A gateway's 502 after the API committed says nothing about the transfer: retried, paid once.
+  await openWallet(alice);
+  before = proxy.state.transfers.length;
+  proxy.state.gatewayErrorNext = true;
+  await (await send({ to: bob, amount: '1', memo: 'after 502' })).getByRole('button', { name: 'Send' }).click();
+  await result('Sent 1.00000000 ATP');
+  keys = proxy.state.transfers.slice(before);
+  assert.equal(keys.length, 2);
+  assert.equal(keys[0], keys[1]);
+  // Both attempts carry one correlation id, so the transfer's events and audit row name the submission.
+  assert.deepEqual(proxy.state.correlations.slice(before), [keys[0], keys[0]]);
+  assert.equal(await balanceOf(alice), '79.50000000');
+  assert.equal(await balanceOf(bob), '20.50000000');
 });
 
 test('an overdraft, a frozen wallet and the rate limit read as messages', async () => {
   await openWallet(alice);
   await (await send({ to: bob, amount: '1000', memo: 'too much' })).getByRole('button', { name: 'Send' }).click();
-  assert.match(await result('Not enough ATP'), /80\.50000000/);
+  assert.match(await result('Not enough ATP'), /79\.50000000/);
   assert.equal(await page.getByTestId('send-result').getAttribute('role'), 'alert');
   await page.screenshot({ path: path.join(RESULTS, 'overdraft.png'), fullPage: true });
-  assert.equal(await balanceOf(alice), '80.50000000');
+  assert.equal(await balanceOf(alice), '79.50000000');
 
   assert.equal((await call('POST', `/admin/users/${bob}/freeze`, { reason: 'test' })).status, 200);
   await openWallet(alice);
@@ -307,20 +335,20 @@ test('an overdraft, a frozen wallet and the rate limit read as messages', async 
   } finally {
     proxy.state.keyOverride = null;
   }
-  assert.equal(await balanceOf(alice), '80.50000000');
+  assert.equal(await balanceOf(alice), '79.50000000');
 });
 
 test('history pages with a cursor', async () => {
   for (let i = 0; i < 4; i++) {
     await call('POST', '/admin/mint', { to_user_id: alice, amount: '1', reason: `page ${i}` });
   }
-  await openWallet(alice); // 9 movements: 5 on the first page
+  await openWallet(alice); // 10 movements: 5 on the first page, 5 on the next
   assert.equal(await page.getByTestId('history-row').count(), 5);
   const first = await page.getByTestId('history').innerText();
   await page.getByTestId('older').click();
   await page.waitForURL(/cursor=/);
   await page.getByTestId('history').waitFor();
-  assert.equal(await page.getByTestId('history-row').count(), 4);
+  assert.equal(await page.getByTestId('history-row').count(), 5);
   assert.notEqual(await page.getByTestId('history').innerText(), first);
   assert.match(await page.getByTestId('history').innerText(), /mint/);
 });

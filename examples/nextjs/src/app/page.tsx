@@ -92,8 +92,8 @@ async function Wallet({ user, cursor }: { user: string; cursor?: string }) {
 }
 
 function HistoryRow({ item }: { item: HistoryItem }) {
-  const outgoing = item.kind === 'transfer_out' || item.kind === 'burn';
-  const transfer = item.kind === 'transfer_in' || item.kind === 'transfer_out';
+  const outgoing = item.kind === 'transfer_out' || item.kind === 'refund_out' || item.kind === 'burn';
+  const transfer = item.kind !== 'mint' && item.kind !== 'burn';
   return (
     <tr data-testid="history-row" data-kind={item.kind}>
       <td>{new Date(item.created_at).toISOString().replace('T', ' ').slice(0, 19)}</td>

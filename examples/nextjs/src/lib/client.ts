@@ -30,7 +30,8 @@ export const newIdempotencyKey = (): string => randomUUID();
 
 export type Failure = {
   ok: false;
-  /** the API's error code, or network_error when no answer came back */
+  /** the API's error code; network_error when no answer came back, unexpected_response when
+   * the answer was not the API's (a proxy's 502, say) */
   error: string;
   message: string;
   status?: number;
@@ -42,8 +43,8 @@ export type Failure = {
 
 export type SendResult =
   /** replayed: the API answered with the stored response of an earlier request with this key */
-  | { ok: true; transfer: Transfer; replayed: boolean; attempts: number }
-  | (Failure & { attempts: number });
+  | { ok: true; transfer: Transfer; replayed: boolean; attempts: number; correlationId: string }
+  | (Failure & { attempts: number; correlationId: string });
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -53,20 +54,30 @@ function retryAfterSeconds(response: Response): number | undefined {
 }
 
 /**
- * POST /transfers as `from` (X-Request-User-Id), with the submission's Idempotency-Key. A network
- * error (no answer, or a timeout) and a 503 are retried with the same key: the API executes one
- * request per key and replays its answer to the others, so a retry can never pay twice. Every
- * other answer is final and returned as it is.
+ * POST /transfers as `from` (X-Request-User-Id), with the submission's Idempotency-Key and one
+ * X-Correlation-Id for every attempt (by default the key: the events and audit rows of the
+ * transfer then name the submission). No answer (a network error, a timeout), a 5xx, or an
+ * answer that is not the API's are retried with the same key: the API executes one request per
+ * key and replays its answer to the others, so a retry can never pay twice. The API's own
+ * refusals (4xx) are final and returned as they are.
  */
 export async function sendTransfer(
-  input: { from: string; to: string; amount: string; memo?: string; idempotencyKey: string },
+  input: { from: string; to: string; amount: string; memo?: string; idempotencyKey: string; correlationId?: string },
   { attempts = 3, timeoutMs = 10_000, maxWaitMs = 5_000 } = {},
 ): Promise<SendResult> {
+  const api = financeatp(); // outside the retries: missing settings are a bug, not an outage
+  const correlationId = input.correlationId ?? input.idempotencyKey;
   for (let attempt = 1; ; attempt++) {
     let wait = 200 * 2 ** attempt;
     try {
-      const { data, error, response } = await financeatp().POST('/transfers', {
-        params: { header: { 'Idempotency-Key': input.idempotencyKey, 'X-Request-User-Id': input.from } },
+      const { data, error, response } = await api.POST('/transfers', {
+        params: {
+          header: {
+            'Idempotency-Key': input.idempotencyKey,
+            'X-Request-User-Id': input.from,
+            'X-Correlation-Id': correlationId,
+          },
+        },
         body: {
           from_user_id: input.from,
           to_user_id: input.to,
@@ -76,22 +87,26 @@ export async function sendTransfer(
         signal: AbortSignal.timeout(timeoutMs),
       });
       if (data) {
-        return { ok: true, transfer: data, replayed: response.headers.get('Idempotent-Replayed') === 'true', attempts: attempt };
+        const replayed = response.headers.get('Idempotent-Replayed') === 'true';
+        return { ok: true, transfer: data, replayed, attempts: attempt, correlationId };
       }
+      const fromApi = typeof error === 'object' && error !== null && typeof error.error === 'string';
       const failure: Failure = {
         ok: false,
-        error: error?.error ?? 'unexpected_response',
-        message: error?.message ?? `HTTP ${response.status}`,
+        error: fromApi ? error.error : 'unexpected_response',
+        message: fromApi ? error.message : `HTTP ${response.status}`,
         status: response.status,
         retryAfter: retryAfterSeconds(response),
-        indeterminate: response.status === 503,
+        // A 5xx, or an answer that is not the API's, says nothing about whether the transfer ran.
+        indeterminate: response.status >= 500 || !fromApi,
       };
-      if (response.status !== 503 || attempt >= attempts) return { ...failure, attempts: attempt };
+      if (!failure.indeterminate || attempt >= attempts) return { ...failure, attempts: attempt, correlationId };
       wait = (failure.retryAfter ?? 0) * 1000 || wait;
     } catch (cause) {
       // No answer: the transfer may or may not have happened. Only the same key makes a retry safe.
       if (attempt >= attempts) {
-        return { ok: false, error: 'network_error', message: String(cause), indeterminate: true, attempts: attempt };
+        const failure: Failure = { ok: false, error: 'network_error', message: String(cause), indeterminate: true };
+        return { ...failure, attempts: attempt, correlationId };
       }
     }
     await sleep(Math.min(wait, maxWaitMs));
@@ -112,13 +127,18 @@ export function describeFailure(failure: Failure): string {
     case 'unauthorized_transfer':
       return 'You can only send ATP from your own wallet.';
     case 'idempotency_conflict':
-      return 'This form was already submitted with other values. Nothing was sent; please try again.';
+      // The API stores an answer only for a request it executed: an earlier submission of this
+      // form, with other values, went through.
+      return 'This form was submitted before with other values, and that submission went through. Check the history before sending again.';
     case 'invalid_request':
       return `Please check the form: ${failure.message}`;
     case 'unavailable':
     case 'network_error':
       return 'The ledger could not be reached, so we do not know yet whether the ATP was sent. Submit again: it will not be sent twice.';
     default:
+      if (failure.indeterminate) {
+        return `The ledger's answer was lost (${failure.message}), so we do not know yet whether the ATP was sent. Submit again: it will not be sent twice.`;
+      }
       return `Something went wrong (${failure.error}): ${failure.message}`;
   }
 }
