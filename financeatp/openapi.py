@@ -4,6 +4,7 @@ startup) and of HTTP_ERRORS, so that a code the database adds is documented with
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from collections.abc import Iterable, Mapping
@@ -263,6 +264,14 @@ def error_descriptions(codes: Iterable[ErrorCode]) -> dict[int, str]:
     }
 
 
+def error_schema(codes: Iterable[ErrorCode]) -> dict[str, Any]:
+    """The error body, its `error` one of the codes: a typed client can switch over them."""
+    schema = copy.deepcopy(RESPONSE_SCHEMAS["Error"])
+    names = sorted({code.error for code in codes})
+    schema["properties"]["error"] = {"type": "string", "enum": names}
+    return schema
+
+
 def error_responses(codes: Iterable[ErrorCode]) -> dict[str, Any]:
     responses = {}
     for status, description in error_descriptions(codes).items():
@@ -476,7 +485,7 @@ def openapi_document(database_errors: Iterable[ErrorCode]) -> dict[str, Any]:
         "paths": paths | service_paths(),
         "components": {
             "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
-            "schemas": RESPONSE_SCHEMAS,
+            "schemas": RESPONSE_SCHEMAS | {"Error": error_schema(errors)},
             "responses": error_responses(errors),
             "headers": HEADER_DOCS,
             "parameters": {

@@ -31,7 +31,7 @@ MAX_DECIMAL_DIGITS = 1000
 # not exist is refused here, in words that name the field (calendar_problem).
 RFC3339_PATTERN = re.compile(
     r"(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})"
-    r"[Tt ](?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})(?:\.[0-9]+)?"
+    r"[Tt ](?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})(?P<fraction>\.[0-9]+)?"
     r"(?P<offset>[Zz]|[+-](?P<offset_hour>[0-9]{2}):(?P<offset_minute>[0-9]{2}))?"
 )
 INTEGER_PATTERN = re.compile(r"-?[0-9]+")
@@ -105,9 +105,19 @@ def query_value(field: Field, value: str) -> str:
     if field.kind == "timestamp":
         time = RFC3339_PATTERN.fullmatch(value)
         if time is None:
-            raise invalid(f"{field.name} must be an RFC 3339 time such as 2026-01-01T15:46:00Z")
+            hint = ""
+            if RFC3339_PATTERN.fullmatch(value.replace(" ", "+")):
+                hint = " (a + in a URL's query means a space: write its offset's + as %2B)"
+            raise invalid(
+                f"{field.name} must be an RFC 3339 time such as 2026-01-01T15:46:00Z{hint}"
+            )
         if problem := calendar_problem(time):
             raise invalid(f"{field.name} is not a time that exists: {problem}")
+        fraction = time["fraction"]
+        if fraction and len(fraction) > 7:
+            # PostgreSQL keeps microseconds and would round the rest, up to a later moment:
+            # the time asked for is the moment it names, so the rest is cut off.
+            value = value[: time.start("fraction") + 7] + value[time.end("fraction") :]
         return value if time["offset"] else value + "Z"
     if field.kind == "integer":
         if not INTEGER_PATTERN.fullmatch(value):

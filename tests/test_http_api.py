@@ -139,6 +139,23 @@ def test_money_routes(api: Api, admin_key: str) -> None:
         params={"as_of": minted["created_at"].removesuffix("Z")},
     )
     assert naive.json() == past.json(), naive.text
+    # A moment between two microseconds is the earlier one: PostgreSQL would round it up to the
+    # mint's own microsecond (and count the mint) when it names the moment just before it.
+    stamp = datetime.fromisoformat(minted["created_at"].replace("Z", "+00:00"))
+    before = (stamp - timedelta(microseconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%f") + "9Z"
+    just_before = api.request("GET", f"/users/{alice}/balance", admin_key, params={"as_of": before})
+    assert just_before.json()["balance"] == "0.00000000", just_before.text
+    # The user exists from the moment its creation answered, with its wallet.
+    created = api.request("GET", f"/users/{alice}", admin_key).json()["created_at"]
+    at_creation = api.request(
+        "GET", f"/users/{alice}/balance", admin_key, params={"as_of": created}
+    )
+    assert at_creation.status_code == 200 and at_creation.json()["balance"] == "0.00000000"
+    instant = datetime.fromisoformat(created.replace("Z", "+00:00")) - timedelta(microseconds=1)
+    earlier = api.request(
+        "GET", f"/users/{alice}/balance", admin_key, params={"as_of": instant.isoformat()}
+    )
+    expect_error(earlier, 404, "user_not_found")
 
     history = api.request("GET", f"/users/{alice}/history", admin_key).json()
     assert [(i["kind"], i["amount"], i["balance_after"]) for i in history["items"]] == [
@@ -285,6 +302,12 @@ def test_invalid_request_shapes(api: Api, admin_key: str) -> None:
         "as_of at hour 24": api.request(
             "GET", f"/users/{alice}/balance", admin_key, params={"as_of": "2026-01-01T24:00:00Z"}
         ),
+        "as_of with its + read as a space": api.request(
+            "GET",
+            f"/users/{alice}/balance",
+            admin_key,
+            params={"as_of": "2026-01-01T00:00:00 02:00"},
+        ),
         "as_of 16 hours from UTC": api.request(
             "GET",
             f"/users/{alice}/balance",
@@ -316,6 +339,7 @@ def test_invalid_request_shapes(api: Api, admin_key: str) -> None:
         "as_of 16 hours from UTC": "as_of is not a time that exists: an offset from UTC must be "
         "between -15:59 and +15:59",
     }
+    assert "%2B" in cases["as_of with its + read as a space"].json()["message"]
     for name, message in impossible.items():
         assert cases[name].json()["message"] == message, name
     assert api.balance(admin_key, alice) == "0.00000000"

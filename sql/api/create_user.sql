@@ -59,9 +59,10 @@ BEGIN
 
     _at := clock_timestamp();
     BEGIN
-        INSERT INTO ledger.users (id, username, email, display_name, version)
+        -- One moment for the user, its first events and its wallet: as_of answers at created_at.
+        INSERT INTO ledger.users (id, username, email, display_name, version, created_at, updated_at)
         VALUES (create_user.user_id, create_user.username, create_user.email,
-                NULLIF(create_user.display_name, ''), 1);
+                NULLIF(create_user.display_name, ''), 1, _at, _at);
     EXCEPTION WHEN unique_violation THEN
         -- Lost a race with a concurrent create of the same id, username or email.
         RAISE EXCEPTION USING ERRCODE = 'L4093',
