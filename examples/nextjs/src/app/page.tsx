@@ -1,6 +1,6 @@
 import Link from 'next/link';
 import { actingUserForPage } from '@/lib/acting-user';
-import { describeFailure, financeatp, newIdempotencyKey, type HistoryItem } from '@/lib/client';
+import { describeFailure, financeatp, newIdempotencyKey, type Failure, type HistoryItem } from '@/lib/client';
 import { SendForm } from './send-form';
 
 const PAGE_SIZE = 5;
@@ -35,7 +35,13 @@ async function Wallet({ user, cursor }: { user: string; cursor?: string }) {
   ]);
   if (!balance.data || !history.data) {
     const { error, response } = balance.data ? history : balance;
-    const failure = { ok: false as const, error: error?.error ?? 'unexpected_response', message: error?.message ?? '', indeterminate: false };
+    const failure: Failure = {
+      ok: false,
+      error: error?.error ?? 'unexpected_response',
+      message: error?.message ?? `HTTP ${response.status}`,
+      retryAfter: Number(response.headers.get('Retry-After')) || undefined,
+      indeterminate: false, // a read: nothing to resubmit
+    };
     return (
       <p className="card error" role="alert">
         {response.status === 404 ? 'There is no user with this id.' : describeFailure(failure)}

@@ -28,11 +28,14 @@ export function financeatp(): Client<paths> {
 /** A fresh Idempotency-Key: one per submission, reused for every retry of that submission. */
 export const newIdempotencyKey = (): string => randomUUID();
 
+/** The API's error codes (from its OpenAPI document), and the two of this client. */
+export type ErrorCode = ApiError['error'] | 'network_error' | 'unexpected_response';
+
 export type Failure = {
   ok: false;
   /** the API's error code; network_error when no answer came back, unexpected_response when
    * the answer was not the API's (a proxy's 502, say) */
-  error: string;
+  error: ErrorCode;
   message: string;
   status?: number;
   /** seconds, from Retry-After (429 and 503) */

@@ -584,7 +584,8 @@ export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
         Error: {
-            error: string;
+            /** @enum {string} */
+            error: "account_frozen" | "append_only" | "balance_limit_exceeded" | "balance_not_zero" | "hold_not_pending" | "idempotency_conflict" | "insufficient_balance" | "invalid_api_key" | "invalid_request" | "method_not_allowed" | "not_found" | "payload_too_large" | "pending_holds" | "permission_denied" | "rate_limit_exceeded" | "refund_exceeds_transfer" | "unauthorized_transfer" | "unavailable" | "user_exists" | "user_not_found" | "version_conflict";
             message: string;
             /** @description a batch's failing leg (0-based), when one leg failed it */
             index?: number;
