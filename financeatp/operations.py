@@ -202,7 +202,8 @@ OPERATIONS: tuple[Operation, ...] = (
             Field(
                 "as_of",
                 "timestamp",
-                description="RFC 3339; the balance at that moment, replayed from the events",
+                description="RFC 3339, not in the future (microseconds; finer fractions are cut "
+                "off); the posted balance at that moment, replayed from the events",
                 example="2026-01-01T15:46:00Z",
             ),
         ),

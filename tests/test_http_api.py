@@ -94,7 +94,17 @@ def test_user_lifecycle(api: Api, admin_key: str) -> None:
     deleted = api.request("DELETE", f"/users/{user_id}", writer)
     assert deleted.status_code == 200, deleted.text
     assert deleted.json()["status"] == "deleted" and deleted.json()["user_id"] == user_id
-    expect_error(api.request("GET", f"/users/{user_id}", writer), 404, "user_not_found")
+    # Its own reads are 404, and say why; a movement to it too.
+    for path in ("", "/balance", "/history"):
+        gone = api.request("GET", f"/users/{user_id}{path}", writer)
+        expect_error(gone, 404, "user_not_found")
+        assert gone.json()["message"] == f"user {user_id} was deleted", gone.text
+    never = api.request("GET", f"/users/{uuid.uuid4()}", writer)
+    assert never.json()["message"].endswith("not found"), never.text
+    to_deleted = api.request(
+        "POST", "/admin/mint", admin_key, {"to_user_id": user_id, "amount": "1"}
+    )
+    assert to_deleted.json()["message"] == f"user {user_id} was deleted", to_deleted.text
     # The username and email are free again.
     again = api.new_user(writer, username=user["username"], email=user["email"])
     assert again["user_id"] != user_id

@@ -94,6 +94,16 @@ def test_refund_errors(api: Api, admin: str) -> None:
     expect_error(refund(api, admin, tid, bob, {"amount": "1"}), 400, "account_frozen")
 
 
+def test_refund_to_a_deleted_sender_says_so(api: Api, admin: str) -> None:
+    alice, bob = funded(api, admin, "10"), funded(api, admin, "1")
+    tid = transfer(api, admin, alice, bob, "10")
+    assert api.request("DELETE", f"/users/{alice}", admin).status_code == 200
+    body = expect_error(refund(api, admin, tid, bob), 404, "user_not_found")
+    assert body["message"] == (
+        f"user {alice} was deleted, the transfer's sender: the refund has no wallet to return to"
+    )
+
+
 def test_refund_idempotency(api: Api, admin: str) -> None:
     alice, bob = funded(api, admin), str(api.new_user(admin)["user_id"])
     tid = transfer(api, admin, alice, bob, "10")

@@ -70,7 +70,7 @@ BEGIN
             replayed := true;
             RETURN;
         END IF;
-        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found', burn.from_user_id);
+        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = ledger.user_missing(burn.from_user_id);
     ELSIF _wallet.is_frozen THEN
         RAISE EXCEPTION USING ERRCODE = 'L4003', MESSAGE = format('the wallet of user %s is frozen', burn.from_user_id);
     ELSIF _wallet.balance - _wallet.held < burn.amount OR _issued.balance < burn.amount THEN

@@ -85,7 +85,7 @@ BEGIN
             replayed := true;
             RETURN;
         END IF;
-        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found',
+        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = ledger.user_missing(
             CASE WHEN _found & 1 = 0 THEN create_hold.from_user_id ELSE create_hold.to_user_id END);
     ELSIF _debit.is_frozen OR _credit.is_frozen THEN
         RAISE EXCEPTION USING ERRCODE = 'L4003', MESSAGE = format('the wallet of user %s is frozen',

@@ -43,7 +43,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = CASE WHEN delete_user.user_id IS NULL THEN 'L4001' ELSE 'L4041' END,
             MESSAGE = CASE WHEN delete_user.user_id IS NULL THEN 'user_id is required'
-                           ELSE format('user %s not found', delete_user.user_id) END;
+                           ELSE ledger.user_missing(delete_user.user_id) END;
     END IF;
     -- The wallet's row lock keeps money from arriving between the check and the close.
     SELECT b.* INTO _wallet FROM ledger.balances b

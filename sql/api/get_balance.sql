@@ -30,7 +30,7 @@ BEGIN
     IF get_balance.user_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'user_id is required';
     ELSIF _w.account_id IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found', get_balance.user_id);
+        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = ledger.user_missing(get_balance.user_id);
     END IF;
     IF get_balance.as_of IS NULL THEN
         RETURN json_build_object('user_id', get_balance.user_id, 'username', _w.username,

@@ -43,7 +43,7 @@ BEGIN
     IF get_history.user_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'user_id is required';
     ELSIF _w.account_id IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found', get_history.user_id);
+        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = ledger.user_missing(get_history.user_id);
     END IF;
     _account := _w.account_id;
 

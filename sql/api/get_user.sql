@@ -20,7 +20,7 @@ BEGIN
     IF _body IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = CASE WHEN get_user.user_id IS NULL THEN 'L4001' ELSE 'L4041' END,
             MESSAGE = CASE WHEN get_user.user_id IS NULL THEN 'user_id is required'
-                           ELSE format('user %s not found', get_user.user_id) END;
+                           ELSE ledger.user_missing(get_user.user_id) END;
     END IF;
     RETURN _body;
 END

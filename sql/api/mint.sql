@@ -69,7 +69,7 @@ BEGIN
             replayed := true;
             RETURN;
         END IF;
-        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found', mint.to_user_id);
+        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = ledger.user_missing(mint.to_user_id);
     ELSIF _wallet.is_frozen THEN
         RAISE EXCEPTION USING ERRCODE = 'L4003', MESSAGE = format('the wallet of user %s is frozen', mint.to_user_id);
     ELSIF _wallet.balance + mint.amount > 1000000000000 THEN

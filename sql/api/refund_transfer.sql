@@ -93,8 +93,9 @@ BEGIN
             replayed := true;
             RETURN;
         END IF;
-        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found',
-            CASE WHEN _found & 1 = 0 THEN _t.receiver ELSE _t.sender END);
+        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = CASE WHEN _found & 1 = 0
+            THEN ledger.user_missing(_t.receiver)
+            ELSE ledger.user_missing(_t.sender) || ', the transfer''s sender: the refund has no wallet to return to' END;
     ELSIF _debit.is_frozen OR _credit.is_frozen THEN
         RAISE EXCEPTION USING ERRCODE = 'L4003', MESSAGE = format('the wallet of user %s is frozen',
             CASE WHEN _debit.is_frozen THEN _debit.user_id ELSE _credit.user_id END);

@@ -83,7 +83,7 @@ BEGIN
             replayed := true;
             RETURN;
         END IF;
-        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found',
+        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = ledger.user_missing(
             CASE WHEN _found & 1 = 0 THEN transfer.from_user_id ELSE transfer.to_user_id END);
     ELSIF _debit.is_frozen OR _credit.is_frozen THEN
         RAISE EXCEPTION USING ERRCODE = 'L4003', MESSAGE = format('the wallet of user %s is frozen',

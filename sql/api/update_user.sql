@@ -56,7 +56,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = CASE WHEN update_user.user_id IS NULL THEN 'L4001' ELSE 'L4041' END,
             MESSAGE = CASE WHEN update_user.user_id IS NULL THEN 'user_id is required'
-                           ELSE format('user %s not found', update_user.user_id) END;
+                           ELSE ledger.user_missing(update_user.user_id) END;
     END IF;
     IF update_user.expected_version IS NOT NULL AND update_user.expected_version <> _user.version THEN
         RAISE EXCEPTION USING ERRCODE = 'L4092',

@@ -57,13 +57,13 @@ BEGIN
         RETURN;
     ELSIF _p.n < 0 THEN
         IF _p.code = 'L4041' THEN
-            RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found', _p.user_id);
+            RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = ledger.user_missing(_p.user_id);
         END IF;
         RAISE EXCEPTION USING ERRCODE = 'L4003', MESSAGE = format('the wallet of user %s is frozen', _p.user_id);
     END IF;
     RAISE EXCEPTION USING ERRCODE = _p.code, DETAIL = json_build_object('index', _p.n)::text,
         MESSAGE = format('%s[%s]: ', batch_check.what, _p.n) || CASE _p.code
-            WHEN 'L4041' THEN format('user %s not found', _p.user_id)
+            WHEN 'L4041' THEN ledger.user_missing(_p.user_id)
             WHEN 'L4003' THEN format('the wallet of user %s is frozen', _p.user_id)
             WHEN 'L4002' THEN format('insufficient balance: user %s has %s ATP available, %s ATP needed by the '
                                      'legs up to this one', batch_check.debit_user, _p.available::numeric(21, 8),

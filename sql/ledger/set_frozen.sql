@@ -24,7 +24,7 @@ BEGIN
        FOR UPDATE;
     -- A delete may have committed while this waited for the lock: the wallet is closed then.
     IF NOT FOUND OR _wallet.is_closed THEN
-        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found', set_frozen.user_id);
+        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = ledger.user_missing(set_frozen.user_id);
     END IF;
     _before := ledger.user_json(set_frozen.user_id)::jsonb;
     IF _wallet.is_frozen <> set_frozen.frozen THEN

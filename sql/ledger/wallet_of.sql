@@ -16,7 +16,7 @@ BEGIN
       JOIN ledger.accounts a ON a.user_id = u.id AND a.account_type = 'user_wallet'
      WHERE u.id = wallet_of.user_id AND u.deleted_at IS NULL AND NOT u.is_system;
     IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = format('user %s not found', wallet_of.user_id);
+        RAISE EXCEPTION USING ERRCODE = 'L4041', MESSAGE = ledger.user_missing(wallet_of.user_id);
     END IF;
     RETURN _account;
 END
