@@ -61,14 +61,25 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The migrating sessions' own settings, whatever the database's or the role's defaults: the
+# schema's text means what it says (standard_conforming_strings), names resolve to PostgreSQL's
+# own operators and functions before any other schema's (pg_catalog first, only public after),
+# UTC months, UTF-8 whatever the database's encoding, no statement timeout.
+MIGRATE_ENV := PGOPTIONS="$$PGOPTIONS -c standard_conforming_strings=on -c search_path=public -c timezone=UTC -c statement_timeout=0" PGCLIENTENCODING=UTF8
+
 # Without DATABASE_URL: the embedded database of `make run` (started for the migration if needed).
+# The re-apply of sql/ is one transaction, one at a time (an advisory lock), and waits at most
+# 2 s for a table a transaction holds (it re-creates the append-only triggers): writers queue
+# behind a waiting lock, so a long writer makes it fail, to be run again, instead of stalling them.
 migrate: $(STAMP)
 ifeq ($(strip $(DATABASE_URL)),)
 	$(PY) app.py migrate
 else
-	$(VENV)/bin/yoyo apply --batch --no-config-file \
+	$(MIGRATE_ENV) $(VENV)/bin/yoyo apply --batch --no-config-file \
 	    --database "$$(printf '%s' "$(DATABASE_URL)" | sed -E 's#^postgres(ql)?(\+[a-z0-9]+)?://#postgresql+psycopg://#')" migrations
-	psql "$(DATABASE_URL)" -X -q -1 -v ON_ERROR_STOP=1 -c 'SET ROLE atp_owner' -c 'SET check_function_bodies = off' \
+	$(MIGRATE_ENV) psql "$(DATABASE_URL)" -X -q -1 -v ON_ERROR_STOP=1 \
+	    -c "SELECT pg_advisory_xact_lock(hashtextextended('financeatp.migrate', 0))" \
+	    -c 'SET ROLE atp_owner' -c 'SET check_function_bodies = off' -c "SET LOCAL lock_timeout = '2s'" \
 	    $(addprefix -f ,$(SQL_FILES)) -c 'SELECT ledger.drop_stale_functions()' -c 'SELECT ledger.ensure_partitions(3)' >/dev/null
 	@echo "migrated: $(words $(SQL_FILES)) sql files applied"
 endif

@@ -449,6 +449,10 @@ async def configure_connection(role: str, conn: psycopg.AsyncConnection[Any]) ->
     # may only execute api functions, and may not call them without a key.
     if role:
         await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+    # The functions are written for read committed (each statement sees what committed before
+    # it: a queued duplicate finds the stored response); a database or role default of
+    # repeatable read or serializable would turn concurrent transfers into retries (503s).
+    await conn.execute("SET default_transaction_isolation = 'read committed'")
 
 
 def make_pool(settings: Settings) -> AsyncConnectionPool[Any]:

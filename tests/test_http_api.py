@@ -9,6 +9,7 @@ import re
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -1004,6 +1005,50 @@ def test_unavailable_database(cluster: Cluster, tmp_path: Any) -> None:
                 time.sleep(0.5)
                 back = client.get(f"/users/{uuid.uuid4()}", headers={"X-API-Key": key})
             expect_error(back, 404, "user_not_found")
+    finally:
+        server.stop()
+        with psycopg.connect(url(cluster, "postgres"), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_a_stricter_default_isolation_does_not_turn_transfers_into_retries(
+    cluster: Cluster, tmp_path: Any
+) -> None:
+    """The functions are written for read committed. A database whose default is serializable
+    made about half of 30 concurrent transfers from one sender answer 503 ("the database asked
+    to retry"); the server's connections now use read committed whatever the default."""
+    name = f"ser_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url(cluster, "postgres"), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+        conn.execute(f"ALTER DATABASE {name} SET default_transaction_isolation = 'serializable'")
+    server = start_server(url(cluster, name, "atp_app"), tmp_path / "serializable.log")
+    try:
+        with psycopg.connect(url(cluster, name), autocommit=True) as dba:
+            key = dba.execute("SELECT api.create_api_key('ser', ARRAY['admin'], 100000, NULL)")
+            api_key = key.fetchone()[0]["key"]  # type: ignore[index]
+            users = []
+            for i in range(2):
+                user = str(uuid.uuid4())
+                dba.execute(
+                    "SELECT api.create_user(%s, %s, %s)", (user, f"ser_{i}", f"ser{i}@ex.com")
+                )
+                users.append(user)
+            dba.execute("SELECT api.mint(%s, 100)", (users[0],))
+        sender, receiver = users
+        body = {"from_user_id": sender, "to_user_id": receiver, "amount": "1"}
+
+        def send(_: int) -> int:
+            headers = {
+                "X-API-Key": api_key,
+                "X-Request-User-Id": sender,
+                "Idempotency-Key": str(uuid.uuid4()),
+            }
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                return client.post("/transfers", json=body, headers=headers).status_code
+
+        with ThreadPoolExecutor(max_workers=15) as pool:
+            statuses = list(pool.map(send, range(30)))
+        assert statuses == [201] * 30, statuses
     finally:
         server.stop()
         with psycopg.connect(url(cluster, "postgres"), autocommit=True) as conn:

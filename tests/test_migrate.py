@@ -154,3 +154,66 @@ def test_migrate_removes_a_previous_versions_overload(database: str) -> None:
     assert names(database, "api").count("transfer") == 1, (
         "make migrate left an old overload of api.transfer in place"
     )
+
+
+def test_migrate_and_calls_ignore_hostile_session_defaults(empty_database: str) -> None:
+    """Database defaults a migrating session, or a caller's, would otherwise take on: backslashes
+    read as escapes, a schema before pg_catalog holding always-true look-alikes of the
+    comparisons the CHECKs use, a time zone 13:45 ahead, serializable transactions, a
+    statement timeout. An audit found the CHECKs bound to the look-alikes, an email pattern
+    without its escaped dot, the audit seal unable to compile, and partitions that overlap."""
+    name = empty_database.rsplit("/", 1)[1]
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA evil")
+        conn.execute("GRANT USAGE ON SCHEMA evil TO PUBLIC")
+        for op, fn, right in (
+            (">=", "ge", "integer"),
+            (">", "gt", "integer"),
+            ("<=", "le", "bigint"),
+        ):
+            conn.execute(
+                f"CREATE FUNCTION evil.{fn}(numeric, {right}) RETURNS boolean"
+                " LANGUAGE sql IMMUTABLE AS 'SELECT true'"
+            )
+            conn.execute(
+                f"CREATE OPERATOR evil.{op} (LEFTARG = numeric, RIGHTARG = {right},"
+                f" FUNCTION = evil.{fn})"
+            )
+        for setting in (
+            "standard_conforming_strings = off",
+            "search_path = evil, public",
+            "timezone = 'Pacific/Chatham'",
+            "default_transaction_isolation = 'serializable'",
+            "statement_timeout = '1s'",
+        ):
+            conn.execute(f"ALTER DATABASE {name} SET {setting}")
+    result = migrate(empty_database)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        bound = conn.execute(
+            "SELECT count(*) FROM pg_depend d JOIN pg_operator o ON o.oid = d.refobjid"
+            " WHERE d.classid = 'pg_constraint'::regclass AND o.oprnamespace = 'evil'::regnamespace"
+        ).fetchone()
+        assert bound == (0,)
+        conn.execute("SET timezone = 'UTC'")  # to read the bounds; they are the same moments
+        bounds = conn.execute(
+            "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+            " JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'ledger.events'::regclass AND NOT c.relname LIKE '%default'"
+        ).fetchall()
+        assert bounds and all("00:00:00+00" in bound for (bound,) in bounds), bounds
+        # A session that reads backslashes as escapes (the database's default here).
+        assert conn.execute("SHOW standard_conforming_strings").fetchone() == ("off",)
+        user = uuid.uuid4()
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute("SELECT api.create_user(%s, 'x_0', 'y@bcde')", (user,))
+        assert refused.value.sqlstate == "L4001"
+        conn.execute("SELECT api.create_user(%s, 'x_0', 'y@b.cd')", (user,))
+        conn.execute("SELECT api.mint(%s, 10)", (user,))
+        other = uuid.uuid4()
+        conn.execute("SELECT api.create_user(%s, 'x_1', 'z@b.cd')", (other,))
+        legs = f'[{{"to_user_id": "{other}", "amount": "{"0" * 50}7.5"}}]'
+        conn.execute("SELECT api.transfer_batch(%s, %s, request_user_id => %s)", (user, legs, user))
+        assert conn.execute("SELECT api.seal_audit() ->> 'sealed_rows'").fetchone() != ("0",)
+        assert conn.execute("SELECT api.verify_audit_chain() ->> 'ok'").fetchone() == ("true",)
+        assert conn.execute("SELECT api.verify_projections() ->> 'ok'").fetchone() == ("true",)

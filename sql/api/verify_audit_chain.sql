@@ -11,7 +11,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    _genesis constant bytea := '\x0000000000000000000000000000000000000000000000000000000000000000';
+    -- Written without a backslash, as every literal here: with standard_conforming_strings off
+    -- in a session, '\x00...' would be read as an escape.
+    _genesis constant bytea := decode(repeat('00', 32), 'hex');
     _problems jsonb := '[]'::jsonb;
     _prev_hash bytea := _genesis;
     _prev_tx xid8 := '0';
@@ -91,7 +93,7 @@ BEGIN
         SELECT f.audit_id,
                CASE WHEN f.journal_id ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$' THEN f.journal_id::uuid END
                    AS journal_id,
-               CASE WHEN f.amount ~ '^[0-9]{1,13}(\.[0-9]{1,8})?$' THEN f.amount::numeric END AS amount,
+               CASE WHEN f.amount ~ '^[0-9]{1,13}([.][0-9]{1,8})?$' THEN f.amount::numeric END AS amount,
                CASE WHEN f.debit_user ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$' THEN f.debit_user::uuid END
                    AS debit_user,
                CASE WHEN f.credit_user ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$' THEN f.credit_user::uuid END

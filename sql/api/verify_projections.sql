@@ -68,7 +68,7 @@ BEGIN
         SELECT COALESCE(jsonb_agg(e.id ORDER BY e.id), '[]') INTO _malformed
           FROM ledger.events e
          WHERE e.aggregate_type = 'account' AND e.event_type IN ('AccountDebited', 'AccountCredited')
-           AND (e.data ->> 'amount') !~ '^[0-9]{1,13}(\.[0-9]{1,8})?$';
+           AND (e.data ->> 'amount') !~ '^[0-9]{1,13}([.][0-9]{1,8})?$';
         IF _malformed = '[]' THEN  -- some other value the replay could not read: say what
             _malformed := jsonb_build_array(SQLERRM);
         END IF;

@@ -24,6 +24,7 @@ DECLARE
     _amount jsonb;
     _value numeric;
     _text text;
+    _sign text;
     _memo jsonb;
     _user uuid;
     _out ledger.batch_leg[] := '{}';
@@ -60,18 +61,20 @@ BEGIN
                 _problem := 'amount is required';
             ELSIF jsonb_typeof(_amount) = 'number' THEN
                 _value := _amount::numeric;
-            ELSIF jsonb_typeof(_amount) = 'string' AND _amount #>> '{}' ~ '^\s*-?([0-9]+(\.[0-9]*)?|\.[0-9]+)\s*$' THEN
-                _text := regexp_replace(_amount #>> '{}', '^\s+|\s+$', '', 'g');
+            -- (No backslash in these patterns: with standard_conforming_strings off in a session,
+            -- '\s' would be read as an escape.)
+            ELSIF jsonb_typeof(_amount) = 'string'
+                  AND _amount #>> '{}' ~ '^[[:space:]]*-?([0-9]+([.][0-9]*)?|[.][0-9]+)[[:space:]]*$' THEN
+                _text := regexp_replace(_amount #>> '{}', '^[[:space:]]+|[[:space:]]+$', '', 'g');
                 IF length(_text) > 40 THEN
                     -- Without the zeros that change nothing, which the contract allows in any number:
                     -- numeric input refuses more than 16,383 digits after the point.
-                    _text := regexp_replace(_text, '^(-?)0+(?=[0-9])', '\1');
+                    _sign := CASE WHEN left(_text, 1) = '-' THEN '-' ELSE '' END;
+                    _text := ltrim(substr(_text, length(_sign) + 1), '0');
                     IF strpos(_text, '.') > 0 THEN
                         _text := rtrim(rtrim(_text, '0'), '.');
                     END IF;
-                    IF _text IN ('', '-') THEN  -- .000...
-                        _text := '0';
-                    END IF;
+                    _text := _sign || CASE WHEN _text = '' OR left(_text, 1) = '.' THEN '0' ELSE '' END || _text;
                 END IF;
                 IF length(_text) > 1000 THEN
                     _problem := 'amount has more digits than any amount can have';

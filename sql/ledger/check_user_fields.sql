@@ -11,7 +11,7 @@ BEGIN
             MESSAGE = 'username must be 3 to 50 characters: letters, digits and underscores';
     END IF;
     IF email IS NOT NULL AND (length(email) > 254
-                              OR email !~ '^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$') THEN
+                              OR email !~ '^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+[.][A-Za-z]{2,}$') THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001', MESSAGE = 'email is not a valid email address';
     END IF;
     IF display_name IS NOT NULL AND length(display_name) > 100 THEN

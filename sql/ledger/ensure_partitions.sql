@@ -6,12 +6,14 @@
 -- ACCESS EXCLUSIVE lock on its parent; while a reader holds the parent (a long report, a
 -- pg_dump), the request would queue every transfer behind it. So each lock is waited for at
 -- most lock_timeout, and a partition whose parent is busy is left for the next run (reported
--- as skipped_locked): it is made months before it is needed.
+-- as skipped_locked): it is made months before it is needed. Months are UTC months, whatever
+-- the session's TimeZone: bounds computed in another zone would overlap or leave gaps.
 CREATE OR REPLACE FUNCTION ledger.ensure_partitions(months_ahead integer DEFAULT 3)
 RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET lock_timeout = '200ms'
+SET timezone = 'UTC'
 AS $$
 DECLARE
     _parent text;

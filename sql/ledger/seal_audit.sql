@@ -41,8 +41,8 @@ BEGIN
     END IF;
     INSERT INTO ledger.audit_seals (seal_no, last_tx_id, last_id, row_count, previous_hash, seal_hash)
     VALUES (COALESCE(_last.seal_no, 0) + 1, _batch.last_tx_id, _batch.last_id, _batch.row_count,
-            COALESCE(_last.seal_hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea),
-            sha256(COALESCE(_last.seal_hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
+            COALESCE(_last.seal_hash, decode(repeat('00', 32), 'hex')),
+            sha256(COALESCE(_last.seal_hash, decode(repeat('00', 32), 'hex'))
                    || _batch.hashes));
     RETURN jsonb_build_object('sealed_rows', _batch.row_count, 'seal_no', COALESCE(_last.seal_no, 0) + 1);
 END
