@@ -104,7 +104,9 @@ API_SQLSTATE = re.compile(r"L([45][0-9]{2})[0-9]")
 
 
 class ErrorCodes:
-    """SQLSTATE -> (HTTP status, error name), read once from api.error_codes()."""
+    """SQLSTATE -> (HTTP status, error name), from api.error_codes(): read at startup, by every
+    /readyz (its check that the database answers), and by the first error after a start
+    without the database."""
 
     def __init__(self) -> None:
         self.rows: tuple[ErrorCode, ...] = ()

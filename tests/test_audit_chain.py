@@ -1,4 +1,4 @@
-"""Invariant 7: the audit chain verifies from the first row to the last, and a changed,
+"""The audit chain verifies from the first row to the last, and a changed,
 inserted or removed row is found.
 
 Every audit row is hashed on insert; api.seal_audit chains the rows of finished

@@ -1,7 +1,7 @@
 """Concurrency: many real connections at once against one ledger database.
 
-Invariant 8 of the contract: concurrent requests never deadlock into an error for the client and
-never lose an update; invariant 6: one execution per (API key, idempotency key). Every test runs
+Concurrent requests never deadlock into an error for the client and never lose an update; one
+execution per (API key, idempotency key). Every test runs
 threads with one psycopg connection each and checks the books afterwards from the database itself.
 """
 

@@ -1,4 +1,4 @@
-"""Holds under concurrency (invariant 9): many holds, transfers, batches and burns against one
+"""Holds under concurrency: many holds, transfers, batches and burns against one
 wallet never reserve or spend more than it holds; a capture racing a void, or an expiry, settles
 the hold once. verify_projections (which checks held against the pending holds) runs after each."""
 

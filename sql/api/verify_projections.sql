@@ -150,7 +150,7 @@ BEGIN
                   WHERE status = 'pending' GROUP BY from_account_id) p ON p.from_account_id = b.account_id
      WHERE b.held <> COALESCE(p.total, 0);
 
-    -- Refunds of a transfer never add up to more than it (invariant 9), and name a transfer.
+    -- Refunds of a transfer never add up to more than it, and name a transfer.
     SELECT COALESCE(jsonb_agg(jsonb_build_object('transfer_id', r.refund_of, 'amount', t.amount,
                                                  'refunded', r.total)), '[]')
       INTO _refunds

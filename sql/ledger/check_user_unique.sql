@@ -1,5 +1,6 @@
 -- Username and email are unique among live users, case-insensitively. Checked first for a
--- clear message; the partial unique indexes decide races (see ledger.raise_user_taken).
+-- clear message; the partial unique indexes decide races (the callers turn their unique_violation
+-- into user_exists).
 CREATE OR REPLACE FUNCTION ledger.check_user_unique(user_id uuid, username text, email text)
 RETURNS void
 LANGUAGE plpgsql
