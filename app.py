@@ -69,6 +69,7 @@ class Settings:
     pool_max_size: int = 4
     pool_timeout: float = 5.0
     max_body_bytes: int = 256 * 1024  # a 1,000-leg mint batch is about 70 KB
+    body_timeout: float = 30.0  # a body not arrived by then is refused, its connection freed
     maintenance_interval: float = 60.0
     key_name_ttl: float = 60.0
 
@@ -84,6 +85,7 @@ class Settings:
             pool_max_size=int(env.get("POOL_MAX_SIZE", cls.pool_max_size)),
             pool_timeout=float(env.get("POOL_TIMEOUT", cls.pool_timeout)),
             max_body_bytes=int(env.get("MAX_BODY_BYTES", cls.max_body_bytes)),
+            body_timeout=float(env.get("BODY_TIMEOUT", cls.body_timeout)),
             maintenance_interval=float(env.get("MAINTENANCE_INTERVAL", cls.maintenance_interval)),
         )
 
@@ -254,7 +256,7 @@ def idempotency_key(request: Request) -> str:
     return uuid_text(key, "Idempotency-Key")
 
 
-async def arguments(request: Request, op: Operation, limit: int) -> dict[str, str | None]:
+async def arguments(request: Request, op: Operation, settings: Settings) -> dict[str, str | None]:
     """Every named argument of the api function, each as text or NULL."""
     if request.state.repeated_header:  # Idempotency-Key or X-Request-User-Id (observe.py)
         raise invalid(f"the {request.state.repeated_header} header is given more than once")
@@ -264,7 +266,8 @@ async def arguments(request: Request, op: Operation, limit: int) -> dict[str, st
     args |= path_arguments(op, request)
     args |= query_arguments(op, request)
     if op.body is not None:
-        body = parse_object(await read_body(request, limit), op.body_required)
+        raw = await read_body(request, settings.max_body_bytes, settings.body_timeout)
+        body = parse_object(raw, op.body_required)
         args |= body_arguments(op, body)
     else:
         body = {}
@@ -418,10 +421,11 @@ class OperationEndpoint:
         request = Request(scope, receive)
         op = self.operations["GET" if request.method == "HEAD" else request.method]
         state: AppState = request.state.atp
+        scope["state"]["keyed"] = request.state.api_key_hash is not None
         response: ASGIApp
         try:
             try:
-                args = await arguments(request, op, state.settings.max_body_bytes)
+                args = await arguments(request, op, state.settings)
             except ApiError as error:
                 raise await refusal_of_key(state, request, op) or error from None
             response = await call(state, op, args)
@@ -551,9 +555,11 @@ def http_error(request: Request, exc: HTTPException) -> Response:
 
 
 async def key_name(state: dict[str, Any], status: int) -> str | None:
-    """The API key's name for the access log (none while the database is away)."""
+    """The API key's name for the access log: only for a key an API route has judged and not
+    refused as unknown (401), so that made-up keys cost no lookup (on /healthz, say), and
+    none while the database is away."""
     atp: AppState | None = state.get("atp")
-    if atp is None or not state["api_key_hash"] or status == 503:
+    if atp is None or not state.get("keyed") or status in (401, 503):
         return None
     return await atp.key_names.name(atp.pool, state["api_key_hash"])
 

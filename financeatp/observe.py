@@ -343,12 +343,18 @@ SINGLE_HEADERS = {
 
 def read_headers(raw: list[tuple[bytes, bytes]]) -> tuple[bytes, str | None, str | None]:
     """The API key's bytes, the correlation id as UTF-8 text ("" when absent, None when not
-    UTF-8), and the first of SINGLE_HEADERS given twice, in one pass over the headers."""
+    UTF-8), and the first of SINGLE_HEADERS given twice (or "Transfer-Encoding" when the body
+    is chunked), in one pass over the headers."""
     key = correlation = b""
     seen: set[bytes] = set()
     repeated = None
     for name, value in raw:
-        if name in SINGLE_HEADERS:
+        if name == b"transfer-encoding":
+            # uvicorn's httptools protocol appends a chunked body's trailer fields to the request's
+            # headers: an X-API-Key or X-Request-User-Id sent as a trailer, past a proxy that
+            # checks headers, would count. Bodies are small; they come with a Content-Length.
+            repeated = "Transfer-Encoding"
+        elif name in SINGLE_HEADERS:
             if name in seen:
                 repeated = repeated or SINGLE_HEADERS[name]
                 continue
@@ -366,16 +372,26 @@ def read_headers(raw: list[tuple[bytes, bytes]]) -> tuple[bytes, str | None, str
 
 def header_problem(correlation_id: str | None, repeated: str | None) -> str | None:
     """What makes a request's headers unreadable before its route is known: a correlation id
-    that is not UTF-8 or too long (in characters), an API key or correlation id given twice.
+    that is not UTF-8, too long (in characters) or holding an API key, a chunked body, an API
+    key or correlation id given twice.
     A repeated Idempotency-Key or X-Request-User-Id is the route's to refuse, after the key."""
     if correlation_id is None:
         return "X-Correlation-Id must be UTF-8 text"
     if len(correlation_id) > MAX_CORRELATION_ID:
         return f"X-Correlation-Id is longer than {MAX_CORRELATION_ID} characters"
+    if KEY_IN_TEXT.search(correlation_id):
+        # It would be stored in events and audit rows, which nothing can clean afterwards.
+        return "X-Correlation-Id must not hold an API key"
+    if repeated == "Transfer-Encoding":
+        return "send the body with a Content-Length header: Transfer-Encoding is not accepted"
     if repeated in ("X-API-Key", "X-Correlation-Id"):
         return f"the {repeated} header is given more than once"
     return None
 
+
+# On every answer: balances and histories are nobody's to cache, and a JSON body is not to be
+# sniffed into something else.
+SAFETY_HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
 
 ErrorResponse = Callable[[int, str, str], Response]
 KeyName = Callable[[dict[str, Any], int], Awaitable[str | None]]
@@ -419,6 +435,7 @@ class RequestContext:
                 response.update(status=message["status"], started=True)
                 message["headers"] = [
                     *message.get("headers", []),
+                    *SAFETY_HEADERS,
                     (b"x-correlation-id", correlation_id.encode()),
                 ]
             await send(message)

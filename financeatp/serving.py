@@ -82,6 +82,10 @@ def serve(host: str, port: int, workers: int) -> None:
         # Longer than clients keep idle connections (httpx 5 s, Node 4 s, nginx 60 s), so that
         # a client never sends a request on a connection the server is closing.
         timeout_keep_alive=75,
+        # Connections and requests a worker holds at once before it answers 503: far above what
+        # its pool serves (4 connections; the rest queue in the server), a bound on what idle or
+        # slow connections can hold.
+        limit_concurrency=2048,
     )
     server = uvicorn.Server(config)
     try:

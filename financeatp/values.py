@@ -5,6 +5,7 @@ database's."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import json
@@ -222,17 +223,23 @@ DECODER = json.JSONDecoder(
 ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, seconds: float) -> bytes:
+    """The body, at most limit bytes, arrived within seconds (a client that stops sending would
+    otherwise hold the connection, and the request, for ever)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise invalid(f"the request body did not arrive within {seconds:g} s") from None
     return b"".join(chunks)
 
 

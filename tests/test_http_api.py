@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -449,8 +450,10 @@ def test_payload_too_large(api: Api, admin_key: str) -> None:
             yield b"x" * 1000
         yield b'"}'
 
+    # Sent chunked, with no length to judge first: refused as chunked (see below).
     streamed = api.request("POST", "/admin/mint", admin_key, content=chunks())
-    expect_error(streamed, 413, "payload_too_large")
+    expect_error(streamed, 400, "invalid_request")
+    assert "Transfer-Encoding" in streamed.json()["message"]
     assert api.balance(admin_key, user) == "0.00000000"
 
 
@@ -827,6 +830,127 @@ def test_a_request_must_say_one_thing(api: Api, admin_key: str) -> None:
     )
     expect_error(unknown, 401, "invalid_api_key")
     assert api.balance(admin_key, alice) == "10.00000000"
+
+
+def raw_http(server_url: str, request: bytes) -> bytes:
+    """One request on a socket of its own, as written (httpx would normalise it); the answer's
+    head and body, read until its Content-Length is complete or the server closes."""
+    host, port = server_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+            head, _, body = answer.partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length: *([0-9]+)", head)
+            if length and len(body) >= int(length.group(1)):
+                break
+        return answer
+
+
+def test_a_chunked_body_is_refused_so_trailers_cannot_act_as_headers(
+    api: Api, admin_key: str
+) -> None:
+    """uvicorn's httptools protocol appends a chunked body's trailer fields to the request's
+    headers: a key, an acting user and an idempotency key sent only as trailers made a
+    transfer. A body comes with a Content-Length."""
+    alice = api.new_user(admin_key)["user_id"]
+    bob = api.new_user(admin_key)["user_id"]
+    api.mint(admin_key, alice, "5")
+    body = json.dumps({"from_user_id": alice, "to_user_id": bob, "amount": "1"}).encode()
+    trailers = (
+        f"X-API-Key: {admin_key}\r\nX-Request-User-Id: {alice}\r\n"
+        f"Idempotency-Key: {uuid.uuid4()}\r\n\r\n"
+    ).encode()
+    request = (
+        b"POST /transfers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n" % len(body)
+        + body
+        + b"\r\n0\r\n"
+        + trailers
+    )
+    answer = raw_http(api.server.url, request)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:300]
+    assert b"Transfer-Encoding is not accepted" in answer, answer
+    streamed = api.request(
+        "POST", "/transfers", admin_key, content=iter([body]), acting_user=alice,
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    expect_error(streamed, 400, "invalid_request")
+    assert api.balance(admin_key, alice) == "5.00000000"
+
+
+def test_answers_are_not_cached_or_sniffed_and_hold_no_key_as_correlation_id(
+    api: Api, admin_key: str
+) -> None:
+    user = api.new_user(admin_key)["user_id"]
+    for response in (
+        api.request("GET", f"/users/{user}/balance", admin_key),
+        api.request("GET", f"/users/{uuid.uuid4()}", admin_key),
+        api.client.get("/healthz"),
+    ):
+        assert response.headers["cache-control"] == "no-store", response.headers
+        assert response.headers["x-content-type-options"] == "nosniff", response.headers
+    # A correlation id is stored in events and audit rows for good: never an API key.
+    keyed = api.request("GET", f"/users/{user}", admin_key, correlation_id=admin_key)
+    expect_error(keyed, 400, "invalid_request")
+    assert keyed.json()["message"] == "X-Correlation-Id must not hold an API key"
+    assert admin_key not in keyed.headers["x-correlation-id"]
+
+
+def test_made_up_keys_cost_no_lookup_of_their_name(api: Api, admin_key: str) -> None:
+    """The access log names a request's key by a lookup in the database (cached): for a key no
+    API route judged, or one it refused as unknown, there is nothing to name, and a flood of
+    made-up keys on /healthz made one lookup each."""
+
+    def lookups() -> int:
+        # pg_stat_statements counts a statement as it ends, in shared memory: no flush to wait.
+        row = api.dba.execute(
+            "SELECT COALESCE(sum(calls), 0) FROM pg_stat_statements"
+            " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            "   AND query LIKE %s",
+            ["%api.describe_api_key(api_key_hash =>%"],
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    api.dba.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    before = lookups()
+    for _ in range(20):
+        made_up = {"X-API-Key": f"sk_live_{uuid.uuid4().hex}"}
+        assert api.client.get("/healthz", headers=made_up).status_code == 200
+        refused = api.client.get(f"/users/{uuid.uuid4()}", headers=made_up)
+        assert refused.status_code == 401
+    named = api.key(["read"], name="named-once")
+    for _ in range(3):
+        api.request("GET", f"/users/{uuid.uuid4()}", named)
+    for _ in range(50):  # the access line, and its lookup, come after the answer
+        if lookups() > before:
+            break
+        time.sleep(0.02)
+    assert lookups() == before + 1  # the judged key, once (then cached)
+
+
+def test_a_body_that_stops_arriving_is_refused(cluster: Cluster, tmp_path: Any) -> None:
+    name = f"slow_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url(cluster, "postgres"), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    server = start_server(url(cluster, name, "atp_app"), tmp_path / "slow.log", BODY_TIMEOUT="1")
+    try:
+        with psycopg.connect(url(cluster, name), autocommit=True) as dba:
+            row = dba.execute("SELECT api.create_api_key('slow', ARRAY['admin'], 1000, NULL)")
+            key = row.fetchone()[0]["key"]  # type: ignore[index]
+        head = (
+            f"POST /users HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\n"
+            f'Idempotency-Key: {uuid.uuid4()}\r\nContent-Length: 100\r\n\r\n{{"user'
+        ).encode()
+        answer = raw_http(server.url, head)  # 7 of the 100 bytes, then nothing
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:300]
+        assert b"the request body did not arrive within 1 s" in answer, answer
+    finally:
+        server.stop()
+        with psycopg.connect(url(cluster, "postgres"), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def test_a_request_refused_for_its_headers_is_counted_under_its_route(api: Api) -> None:
