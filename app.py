@@ -69,7 +69,6 @@ class Settings:
     pool_max_size: int = 4
     pool_timeout: float = 5.0
     max_body_bytes: int = 256 * 1024  # a 1,000-leg mint batch is about 70 KB
-    body_timeout: float = 30.0  # a body not arrived by then is refused, its connection freed
     maintenance_interval: float = 60.0
     key_name_ttl: float = 60.0
 
@@ -85,7 +84,6 @@ class Settings:
             pool_max_size=int(env.get("POOL_MAX_SIZE", cls.pool_max_size)),
             pool_timeout=float(env.get("POOL_TIMEOUT", cls.pool_timeout)),
             max_body_bytes=int(env.get("MAX_BODY_BYTES", cls.max_body_bytes)),
-            body_timeout=float(env.get("BODY_TIMEOUT", cls.body_timeout)),
             maintenance_interval=float(env.get("MAINTENANCE_INTERVAL", cls.maintenance_interval)),
         )
 
@@ -266,7 +264,7 @@ async def arguments(request: Request, op: Operation, settings: Settings) -> dict
     args |= path_arguments(op, request)
     args |= query_arguments(op, request)
     if op.body is not None:
-        raw = await read_body(request, settings.max_body_bytes, settings.body_timeout)
+        raw = await read_body(request, settings.max_body_bytes)
         body = parse_object(raw, op.body_required)
         args |= body_arguments(op, body)
     else:

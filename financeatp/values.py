@@ -5,7 +5,6 @@ database's."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime
 import json
@@ -223,23 +222,20 @@ DECODER = json.JSONDecoder(
 ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 
-async def read_body(request: Request, limit: int, seconds: float) -> bytes:
-    """The body, at most limit bytes, arrived within seconds (a client that stops sending would
-    otherwise hold the connection, and the request, for ever)."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, at most limit bytes. A client that stops sending holds its request until it
+    goes: a time limit here (asyncio.timeout) cost 4% of a transfer's server CPU, measured in
+    process (bench/README.md, twenty-second pass); a reverse proxy's body timeout does it."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    try:
-        async with asyncio.timeout(seconds):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise too_large(limit)
-                chunks.append(chunk)
-    except TimeoutError:
-        raise invalid(f"the request body did not arrive within {seconds:g} s") from None
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
     return b"".join(chunks)
 
 
