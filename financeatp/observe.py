@@ -389,6 +389,17 @@ def header_problem(correlation_id: str | None, repeated: str | None) -> str | No
     return None
 
 
+ENCODED_SEPARATOR = re.compile(rb"%(?:2[fF]|00)")
+
+
+def encoded_separator(raw_path: bytes | None) -> bool:
+    """A path with %2F or %00: the router sees it decoded (/users/<id>%2Fbalance would be the
+    balance's route), a proxy's path rules do not; no route of the contract has one."""
+    return (
+        raw_path is not None and b"%" in raw_path and ENCODED_SEPARATOR.search(raw_path) is not None
+    )
+
+
 # On every answer: balances and histories are nobody's to cache, and a JSON body is not to be
 # sniffed into something else.
 SAFETY_HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
@@ -444,6 +455,9 @@ class RequestContext:
             if problem is not None:
                 scope["route"] = self.route_of(scope)
                 await self.error(400, "invalid_request", problem)(scope, receive, send_with_id)
+            elif encoded_separator(scope.get("raw_path")):
+                message = "no such route: the path holds an encoded / or NUL"
+                await self.error(404, "not_found", message)(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive, send_with_id)
         except Exception:

@@ -881,6 +881,20 @@ def test_a_chunked_body_is_refused_so_trailers_cannot_act_as_headers(
     assert api.balance(admin_key, alice) == "5.00000000"
 
 
+def test_an_encoded_slash_in_a_path_is_no_route(api: Api, admin_key: str) -> None:
+    """The router sees a path decoded: /users/<id>%2Fbalance answered the balance, past any
+    proxy rule written for /users/<id>/balance."""
+    user = api.new_user(admin_key)["user_id"]
+    for path in (f"/users/{user}%2Fbalance", f"/users/{user}%2fhistory", f"/users/{user}%00"):
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {admin_key}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        answer = raw_http(api.server.url, request)
+        assert answer.startswith(b"HTTP/1.1 404"), answer[:300]
+        assert b'"error": "not_found"' in answer and b"encoded / or NUL" in answer, answer
+    assert api.request("GET", f"/users/{user}/balance", admin_key).status_code == 200
+
+
 def test_answers_are_not_cached_or_sniffed_and_hold_no_key_as_correlation_id(
     api: Api, admin_key: str
 ) -> None:
