@@ -254,7 +254,7 @@ def idempotency_key(request: Request) -> str:
     return uuid_text(key, "Idempotency-Key")
 
 
-async def arguments(request: Request, op: Operation, settings: Settings) -> dict[str, str | None]:
+async def arguments(request: Request, op: Operation, limit: int) -> dict[str, str | None]:
     """Every named argument of the api function, each as text or NULL."""
     if request.state.repeated_header:  # Idempotency-Key or X-Request-User-Id (observe.py)
         raise invalid(f"the {request.state.repeated_header} header is given more than once")
@@ -264,8 +264,7 @@ async def arguments(request: Request, op: Operation, settings: Settings) -> dict
     args |= path_arguments(op, request)
     args |= query_arguments(op, request)
     if op.body is not None:
-        raw = await read_body(request, settings.max_body_bytes)
-        body = parse_object(raw, op.body_required)
+        body = parse_object(await read_body(request, limit), op.body_required)
         args |= body_arguments(op, body)
     else:
         body = {}
@@ -423,7 +422,7 @@ class OperationEndpoint:
         response: ASGIApp
         try:
             try:
-                args = await arguments(request, op, state.settings)
+                args = await arguments(request, op, state.settings.max_body_bytes)
             except ApiError as error:
                 raise await refusal_of_key(state, request, op) or error from None
             response = await call(state, op, args)
