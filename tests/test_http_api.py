@@ -593,6 +593,91 @@ def test_replay_and_conflict(api: Api, admin_key: str) -> None:
     assert api.balance(admin_key, alice) == "80.00000000"
 
 
+def test_a_used_key_with_another_request_is_a_conflict_before_its_rules(
+    api: Api, admin_key: str
+) -> None:
+    """A request under a key that answered another request is idempotency_conflict, even when
+    the new request would be refused on its own (a missing user, a short balance, a hold no
+    longer pending, a taken username): the key is compared first, once the request is well
+    formed."""
+    alice = api.new_user(admin_key)["user_id"]
+    bob = api.new_user(admin_key)["user_id"]
+    nobody = str(uuid.uuid4())
+    api.mint(admin_key, alice, "100")
+
+    def first_then(
+        method: str, path: str, body: Any, other_path: str, other: Any, acting: str | None
+    ) -> None:
+        ik = str(uuid.uuid4())
+        done = api.request(method, path, admin_key, body, idempotency_key=ik, acting_user=acting)
+        assert done.status_code in (200, 201), done.text
+        again = api.request(
+            method, other_path, admin_key, other, idempotency_key=ik, acting_user=acting
+        )
+        expect_error(again, 409, "idempotency_conflict")
+
+    pay = {"from_user_id": alice, "to_user_id": bob, "amount": "1"}
+    first_then("POST", "/transfers", pay, "/transfers", pay | {"to_user_id": nobody}, alice)
+    first_then("POST", "/transfers", pay, "/transfers", pay | {"amount": "5000"}, alice)
+    batch = {"from_user_id": alice, "transfers": [{"to_user_id": bob, "amount": "1"}]}
+    first_then(
+        "POST", "/transfers/batch", batch, "/transfers/batch",
+        batch | {"transfers": [{"to_user_id": nobody, "amount": "1"}]}, alice,
+    )  # fmt: skip
+    hold = {"from_user_id": alice, "to_user_id": bob, "amount": "1"}
+    first_then("POST", "/holds", hold, "/holds", hold | {"amount": "5000"}, alice)
+    held = api.request("POST", "/holds", admin_key, hold, acting_user=alice).json()["hold_id"]
+    voided = api.request("POST", "/holds", admin_key, hold, acting_user=alice).json()["hold_id"]
+    assert api.request("POST", f"/holds/{voided}/void", admin_key, acting_user=alice).is_success
+    first_then(
+        "POST", f"/holds/{held}/capture", None, f"/holds/{voided}/capture", None, alice
+    )  # fmt: skip
+    other = api.request("POST", "/holds", admin_key, hold, acting_user=alice).json()["hold_id"]
+    first_then("POST", f"/holds/{other}/void", None, f"/holds/{voided}/void", None, alice)
+    mint = {"to_user_id": alice, "amount": "1"}
+    first_then("POST", "/admin/mint", mint, "/admin/mint", mint | {"to_user_id": nobody}, None)
+    mints = {"mints": [{"to_user_id": alice, "amount": "1"}]}
+    first_then(
+        "POST", "/admin/mint/batch", mints, "/admin/mint/batch",
+        {"mints": [{"to_user_id": nobody, "amount": "1"}]}, None,
+    )  # fmt: skip
+    burn = {"from_user_id": alice, "amount": "1"}
+    first_then("POST", "/admin/burn", burn, "/admin/burn", burn | {"amount": "5000"}, None)
+    sent = api.request("POST", "/transfers", admin_key, pay, acting_user=alice).json()
+    first_then(
+        "POST", f"/transfers/{sent['transfer_id']}/refund", {"amount": "0.5"},
+        f"/transfers/{sent['transfer_id']}/refund", {"amount": "5"}, bob,
+    )  # fmt: skip
+    first_then(
+        "POST", f"/admin/users/{bob}/freeze", None, f"/admin/users/{nobody}/freeze", None, None
+    )  # fmt: skip
+    first_then(
+        "POST", f"/admin/users/{bob}/unfreeze", None, f"/admin/users/{nobody}/unfreeze", None, None
+    )  # fmt: skip
+    taken = api.request("GET", f"/users/{bob}", admin_key).json()["username"]
+    first_then(
+        "PATCH", f"/users/{alice}", {"display_name": "A"}, f"/users/{alice}",
+        {"username": taken}, None,
+    )  # fmt: skip
+    fresh = api.new_user(admin_key)
+    user = {"user_id": str(uuid.uuid4()), "username": f"u_{uuid.uuid4().hex[:10]}",
+            "email": f"e_{uuid.uuid4().hex[:10]}@example.com"}  # fmt: skip
+    first_then("POST", "/users", user, "/users", user | {"username": fresh["username"]}, None)
+    empty = api.new_user(admin_key)["user_id"]
+    first_then("DELETE", f"/users/{empty}", None, f"/users/{alice}", None, None)
+    # bob: two transfers, a batch, a capture and one more transfer of 1 each, less a refund of 0.5.
+    assert api.balance(admin_key, bob) == "4.50000000", "nothing ran twice, nothing else ran"
+    # A request refused for its own shape gets that error whatever its key.
+    ik = str(uuid.uuid4())
+    done = api.request("POST", "/transfers", admin_key, pay, idempotency_key=ik, acting_user=alice)
+    assert done.status_code == 201, done.text
+    invalid = pay | {"to_user_id": alice}
+    selfish = api.request(
+        "POST", "/transfers", admin_key, invalid, idempotency_key=ik, acting_user=alice
+    )
+    expect_error(selfish, 400, "invalid_request")
+
+
 def test_a_success_body_arrives_as_postgresql_wrote_it(api: Api, admin_key: str) -> None:
     """A success is sent as PostgreSQL's UTF-8 bytes: its Content-Length counts bytes, not
     characters, for the first answer, its replay, a read and a HEAD of that read."""
