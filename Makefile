@@ -13,19 +13,23 @@ export PATH := $(PG_BINDIR):$(PATH)
 # Functions and triggers are re-applied on every migrate, helpers first.
 SQL_FILES := $(sort $(wildcard sql/ledger/*.sql)) $(sort $(wildcard sql/api/*.sql))
 
-.PHONY: help venv deps test lint format migrate run api-key
+.PHONY: help venv deps test lint format migrate run stop api-key
 
 help:
 	@echo "make run      serve the API on http://127.0.0.1:8000 (embedded PostgreSQL unless DATABASE_URL is set)"
 	@echo "make test     run every test against temporary PostgreSQL clusters"
 	@echo "make migrate  apply migrations and sql/ to DATABASE_URL (or the embedded database)"
 	@echo "make api-key NAME=nextjs PERMISSIONS=read,write  create an API key and print it once"
-	@echo "make lint     ruff check and format check"
+	@echo "make stop     stop the embedded PostgreSQL that a killed make run left running"
+	@echo "make lint     ruff check and format check; make format rewrites the files"
 	@echo "make bench   throughput and latency against the machine's limit (bench/README.md)"
 	@echo "make bench-ablation  what each part of api.transfer costs in PostgreSQL CPU"
 	@echo "make bench-month-turn  transfers and history reads through midnight of a month's last day"
 	@echo "make backup-drill  pgBackRest backup, WAL archiving, restore to a timestamp, ledger verified"
 	@echo "make faults  bank workload over HTTP with PostgreSQL and server workers killed (bench/faults.py)"
+	@echo "make test-nextjs  the Next.js example (examples/nextjs): next build, next start and a browser test against the API"
+	@echo "make types   regenerate the Next.js example's openapi.json and TypeScript types from the API"
+	@echo "make check-types  fail if those two files are out of date with the API"
 
 $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
@@ -88,6 +92,11 @@ endif
 # PostgreSQL in .pgdata/ (created on first start, started and stopped with the server).
 run: $(STAMP)
 	$(PY) app.py run
+
+# The embedded PostgreSQL stops with `make run`; only a `make run` killed with SIGKILL leaves it
+# running (and the next `make run` uses it as it is, and leaves it running too).
+stop: $(STAMP)
+	$(PY) app.py stop
 
 # A new API key, printed once (RATE_LIMIT per minute, EXPIRES_AT in RFC 3339; both optional).
 api-key: $(STAMP)

@@ -9,7 +9,7 @@ process's state and lifespan, the routes. Everything else is in financeatp/: the
 (errors.py), how a JSON value becomes an argument's text (values.py), the requests' queue for
 the pool's connections (gate.py), the operations table, the OpenAPI document, logs and metrics,
 Starlette paths (routing.py), the scheduled jobs, the embedded PostgreSQL, uvicorn, and the
-commands `python app.py run|serve|migrate|api-key` (commands.py).
+commands `python app.py run|serve|migrate|api-key|stop` (commands.py).
 """
 
 from __future__ import annotations

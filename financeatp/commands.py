@@ -4,6 +4,7 @@ python app.py run       make run: migrate and serve (embedded PostgreSQL without
 python app.py serve     serve DATABASE_URL as it is (no migration)
 python app.py migrate   make migrate without DATABASE_URL: the embedded database
 python app.py api-key   make api-key: create an API key and print it once
+python app.py stop      make stop: stop the embedded PostgreSQL a killed `make run` left running
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from financeatp.embedded import Embedded, embedded_database, migrate, say
+from financeatp.embedded import Embedded, embedded_database, migrate, say, stop_left_running
 from financeatp.serving import default_workers, exit_on_sigterm, serve
 
 
@@ -109,6 +110,7 @@ def parser() -> argparse.ArgumentParser:
     key.add_argument("--expires-at", default=None, help="RFC 3339; never when absent")
     key.set_defaults(handler=command_api_key)
     commands.add_parser("migrate").set_defaults(handler=command_migrate)
+    commands.add_parser("stop").set_defaults(handler=lambda args: stop_left_running())
     return parser
 
 

@@ -84,7 +84,12 @@ class Embedded(LocalCluster):
         self.start(self.choose_port())
         (self.home / "port").write_text(str(self.port))
         say(f"PostgreSQL is running on 127.0.0.1:{self.port} (data: {self.data})")
+        say(f"psql: {self.psql_command()}")
         return created
+
+    def psql_command(self) -> str:
+        where = f"-h 127.0.0.1 -p {self.port}"
+        return f"PGPASSFILE={self.passfile} psql {where} -U postgres {self.DATABASE}"
 
     def stop(self, mode: str = "fast") -> bool:
         if not self.running:
@@ -116,6 +121,19 @@ class Embedded(LocalCluster):
             if line.split(":")[3] == user:
                 return sql.Literal(line.split(":", 4)[4])
         raise SystemExit(f"no password for {user} in {self.passfile}")
+
+
+def stop_left_running() -> None:
+    """`make stop`: stops the embedded cluster, which `make run` leaves running only when it was
+    killed (SIGKILL) before it could stop it; the next `make run` would use it and leave it."""
+    embedded = Embedded(ROOT)
+    port = embedded.running_port() if embedded.initialized else None
+    if port is None:
+        say("the embedded PostgreSQL is not running")
+        return
+    embedded.port, embedded.running = port, True
+    if not embedded.stop():
+        raise SystemExit("pg_ctl stop failed; PostgreSQL was stopped immediately")
 
 
 def migrate(database_url: str, env: Mapping[str, str]) -> None:

@@ -57,8 +57,9 @@ def pg_bindir() -> Path:
     if initdb:
         return Path(initdb).parent
     found = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: p.parent.parent.name
-    )
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: [int(part) for part in re.findall(r"\d+", p.parent.parent.name)],
+    )  # by version, as the Makefile's sort -V: 9.6 before 15
     if found:
         return found[-1].parent
     raise SystemExit(

@@ -201,6 +201,22 @@ def test_make_run_embedded(checkout: Path) -> None:
     assert postmaster is None, again.text()
     stopped_cleanly(again.text())
 
+    # Killed with SIGKILL, `python app.py run` cannot stop PostgreSQL: make stop does, once.
+    killed = Running(checkout, workers=1, via_make=False)
+    try:
+        killed.wait_ready()
+        assert f"psql: PGPASSFILE={checkout / '.pgdata' / 'pgpass'} psql" in killed.text()
+    finally:
+        os.killpg(killed.process.pid, signal.SIGKILL)
+        killed.process.wait()
+    assert (data / "postmaster.pid").exists(), killed.text()
+    stopped = make(checkout, "stop")
+    assert stopped.returncode == 0 and "PostgreSQL stopped" in stopped.stderr, stopped.stderr
+    assert not (data / "postmaster.pid").exists()
+    again_stopped = make(checkout, "stop")
+    assert again_stopped.returncode == 0, again_stopped.stderr
+    assert "not running" in again_stopped.stderr
+
 
 def test_make_run_with_database_url(checkout: Path, cluster: Cluster) -> None:
     """With DATABASE_URL set, make run migrates that (empty) database and serves it."""
