@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import psycopg
+import pytest
 from psycopg.types.json import Jsonb
 from test_concurrency import (
     BARRIER_TIMEOUT,
@@ -266,3 +267,76 @@ def test_a_capture_judges_expiry_by_the_clock(database: str, dba: psycopg.Connec
             assert settled.error == "L4095", (function, settled)
             late.execute("ROLLBACK TO SAVEPOINT attempt")
         late.rollback()
+
+
+def wallets_in_lock_order(dba: psycopg.Connection, count: int, prefix: str) -> list[uuid.UUID]:
+    """Users whose wallets lock_pair locks in this order (by account id)."""
+    users = make_users(dba, count, prefix)
+    return sorted(
+        users,
+        key=lambda user: dba.execute(
+            "SELECT id FROM ledger.accounts WHERE user_id = %s AND account_type = 'user_wallet'",
+            [user],
+        ).fetchone()[0],  # type: ignore[index]
+    )
+
+
+def settle_after_waiting(
+    database: str, dba: psycopg.Connection, function: str, delete_payee: bool
+) -> Outcome:
+    """A settlement that passes the expiry check, then waits for the sender's wallet (held by a
+    transfer) until the hold has expired; meanwhile, if asked, the receiver, whom an expired hold
+    no longer keeps, is deleted. The settlement's outcome once the transfer commits."""
+    payer, payee = wallets_in_lock_order(dba, 2, f"waited_{function}")
+    assert call(dba, "mint", to_user_id=payer, amount=Decimal(10)).ok
+    created = call(
+        dba, "create_hold", from_user_id=payer, to_user_id=payee, amount=Decimal(1),
+        request_user_id=payer,
+    )  # fmt: skip
+    assert created.ok, created
+    hold_id = created.body["hold_id"]  # type: ignore[index]
+    dba.execute(
+        "UPDATE ledger.holds SET expires_at = clock_timestamp() + interval '1 second'"
+        " WHERE id = %s",
+        [hold_id],
+    )
+    user = payee if function == "capture_hold" else payer
+    lock = """SELECT 1 FROM ledger.balances b JOIN ledger.accounts a ON a.id = b.account_id
+               WHERE a.user_id = %s AND a.account_type = 'user_wallet' FOR UPDATE OF b"""
+    with connect(database, autocommit=False) as moving, connect(database) as settling:
+        moving.execute(lock, [payer])
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            settled = pool.submit(call, settling, function, hold_id=hold_id, request_user_id=user)
+            assert wait_for_lock_wait(dba, settling.info.backend_pid), "it never waited"
+            expired = dba.execute(
+                "SELECT expires_at - clock_timestamp() FROM ledger.holds WHERE id = %s", [hold_id]
+            ).fetchone()[0]  # type: ignore[index]
+            time.sleep(max(0.0, expired.total_seconds()) + 0.05)
+            if delete_payee:
+                assert call(dba, "delete_user", user_id=payee).ok
+            moving.commit()
+            outcome = settled.result(timeout=30)
+    status = dba.execute("SELECT status FROM ledger.holds WHERE id = %s", [hold_id]).fetchone()
+    assert status == ("pending",), status  # for expire_holds to release
+    verify_projections(dba)
+    return outcome
+
+
+@pytest.mark.parametrize("function", ["capture_hold", "void_hold"])
+def test_a_settlement_that_waited_past_expiry_is_refused(
+    database: str, dba: psycopg.Connection, function: str
+) -> None:
+    """The expiry was judged before the wallets' locks, and a capture or void that waited for
+    them settled the hold after its expires_at."""
+    outcome = settle_after_waiting(database, dba, function, delete_payee=False)
+    assert outcome.error == "L4095" and "expired" in outcome.message, outcome
+
+
+def test_a_capture_whose_receiver_was_deleted_meanwhile_is_refused(
+    database: str, dba: psycopg.Connection
+) -> None:
+    """An expired hold no longer keeps its receiver: deleted while the capture waited for the
+    sender's wallet, the receiver's wallet was missing from the locked pair and the capture
+    failed on it (an internal error, 500 over HTTP)."""
+    outcome = settle_after_waiting(database, dba, "capture_hold", delete_payee=True)
+    assert outcome.error == "L4095" and "expired" in outcome.message, outcome

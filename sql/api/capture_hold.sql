@@ -23,6 +23,7 @@ DECLARE
     _hold ledger.holds;
     _amount numeric;
     _row record;
+    _found integer := 0;  -- 1: the debit side is locked, 2: the credit side
     _debit record;
     _credit record;
     _stored ledger.idempotency_keys;
@@ -70,8 +71,8 @@ BEGIN
     ELSIF capture_hold.request_user_id NOT IN (_hold.from_user_id, _hold.to_user_id) THEN
         RAISE EXCEPTION USING ERRCODE = 'L4032',
             MESSAGE = 'the acting user (X-Request-User-Id; request_user_id in SQL) must be the sender or the receiver of the hold';
-    -- The clock, not the transaction's start: a capture that waited, or ran late in a long
-    -- transaction, does not settle a hold after its expiry.
+    -- The clock, not the transaction's start: a capture late in a long transaction does not
+    -- settle a hold after its expiry (judged again below, once the wallets are locked).
     ELSIF _hold.status <> 'pending' OR _hold.expires_at <= clock_timestamp() THEN
         RAISE EXCEPTION USING ERRCODE = 'L4095', MESSAGE = format('hold %s is %s, not pending', _hold.id,
             CASE WHEN _hold.status = 'pending' THEN 'expired' ELSE _hold.status END);
@@ -90,9 +91,15 @@ BEGIN
         ELSE
             _credit := _row;
         END IF;
+        _found := _found | CASE WHEN _row.is_debit THEN 1 ELSE 2 END;
     END LOOP;
-    -- A user with pending holds cannot be deleted, so both wallets are there.
-    IF _debit.is_frozen OR _credit.is_frozen THEN
+    -- The moment of the capture, after the wait for the wallets (a transfer may hold one): a
+    -- hold that expired meanwhile is not captured, and no longer kept its users from being
+    -- deleted, so a wallet can be missing only then.
+    _at := clock_timestamp();
+    IF _hold.expires_at <= _at OR _found <> 3 THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4095', MESSAGE = format('hold %s is expired, not pending', _hold.id);
+    ELSIF _debit.is_frozen OR _credit.is_frozen THEN
         RAISE EXCEPTION USING ERRCODE = 'L4003', MESSAGE = format('the wallet of user %s is frozen',
             CASE WHEN _debit.is_frozen THEN _debit.user_id ELSE _credit.user_id END);
     ELSIF _credit.balance + _amount > 1000000000000 THEN
@@ -101,7 +108,6 @@ BEGIN
     END IF;
 
     _transfer := ledger.uuid_v7();
-    _at := clock_timestamp();
     _hold.status := 'captured';
     _hold.captured_amount := _amount;
     _hold.transfer_id := _transfer;

@@ -56,8 +56,8 @@ BEGIN
     ELSIF void_hold.request_user_id NOT IN (_hold.from_user_id, _hold.to_user_id) THEN
         RAISE EXCEPTION USING ERRCODE = 'L4032',
             MESSAGE = 'the acting user (X-Request-User-Id; request_user_id in SQL) must be the sender or the receiver of the hold';
-    -- The clock, not the transaction's start: a capture that waited, or ran late in a long
-    -- transaction, does not settle a hold after its expiry.
+    -- The clock, not the transaction's start: a void late in a long transaction does not settle
+    -- a hold after its expiry (judged again below, once the wallet is locked).
     ELSIF _hold.status <> 'pending' OR _hold.expires_at <= clock_timestamp() THEN
         RAISE EXCEPTION USING ERRCODE = 'L4095', MESSAGE = format('hold %s is %s, not pending', _hold.id,
             CASE WHEN _hold.status = 'pending' THEN 'expired' ELSE _hold.status END);
@@ -66,7 +66,13 @@ BEGIN
     -- Only the sender's wallet changes: what it reserves. A frozen wallet may release.
     SELECT * INTO _debit FROM ledger.lock_pair(_hold.from_user_id, 'user_wallet', _hold.from_user_id,
                                                'user_wallet', NULL, NULL);
+    -- The moment of the void, after the wait for the wallet (a transfer may hold it): a hold that
+    -- expired meanwhile is the expiry job's to release, and no longer kept its sender from being
+    -- deleted, so the wallet can be missing only then.
     _at := clock_timestamp();
+    IF _hold.expires_at <= _at OR NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'L4095', MESSAGE = format('hold %s is expired, not pending', _hold.id);
+    END IF;
     _hold.status := 'voided';
     _hold.settled_at := _at;
     _hold.version := _hold.version + 1;
