@@ -67,8 +67,8 @@ BEGIN
     SELECT * INTO _debit FROM ledger.lock_pair(_hold.from_user_id, 'user_wallet', _hold.from_user_id,
                                                'user_wallet', NULL, NULL);
     -- The moment of the void, after the wait for the wallet (a transfer may hold it): a hold that
-    -- expired meanwhile is the expiry job's to release, and no longer kept its sender from being
-    -- deleted, so the wallet can be missing only then.
+    -- expired meanwhile is the expiry job's to release. (The wallet is there: its balance covers
+    -- the hold, so its user cannot have been deleted; were it missing, nothing is posted.)
     _at := clock_timestamp();
     IF _hold.expires_at <= _at OR NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'L4095', MESSAGE = format('hold %s is expired, not pending', _hold.id);
