@@ -43,6 +43,7 @@ from financeatp.errors import JSON, ApiError, error_response, invalid, unavailab
 from financeatp.gate import Gate
 from financeatp.maintenance import run_maintenance
 from financeatp.observe import (
+    ACCESS_LOG,
     METRICS,
     KeyNames,
     RequestContext,
@@ -501,6 +502,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         for task in tasks:
             task.cancel()
         await pool.close()
+        ACCESS_LOG.flush()
         with contextlib.suppress(Exception):
             METRICS.process_ended()
 

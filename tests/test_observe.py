@@ -3,10 +3,14 @@ same shape as every other log line, keys masked, and silenced by a level above I
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from financeatp.observe import ACCESS_LOG, Metrics, json_line, mask_key, new_correlation_id
 
+ROOT = Path(__file__).resolve().parent.parent
 REQUEST: dict[str, Any] = {
     "method": "GET",
     "route": "/users/{user_id}",
@@ -49,6 +54,66 @@ def test_access_line_has_the_log_shape_and_masks_keys(
     assert entry["message"] == "request" and entry["status"] == 200
     assert entry["path"] == "/users/sk_live_****"
     assert entry["ts"].endswith("Z") and len(entry["ts"]) == len("2026-12-02T17:00:00.000Z")
+
+
+class Writes:
+    """Standard output that keeps each write apart."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_access_lines_are_written_together_soon_and_below_pipe_buf(
+    monkeypatch: pytest.MonkeyPatch, level: Callable[[int], None]
+) -> None:
+    """In the server (an event loop runs) the lines of FLUSH_DELAY go out in one write, none
+    larger than FLUSH_BYTES (under PIPE_BUF, so two workers' lines never mix in a pipe)."""
+    level(logging.INFO)
+    out = Writes()
+    monkeypatch.setattr(sys, "stdout", out)
+    wide = REQUEST | {"correlation_id": "\u4e2d" * 100}  # 300 bytes in UTF-8, 100 characters
+
+    async def serve() -> list[str]:
+        for _ in range(3):
+            ACCESS_LOG.write(**REQUEST)
+        assert out.writes == [], "written at once"
+        await asyncio.sleep(ACCESS_LOG.FLUSH_DELAY * 2)
+        assert len(out.writes) == 1 and out.writes[0].count("\n") == 3, out.writes
+        out.writes.clear()
+        for _ in range(40):
+            ACCESS_LOG.write(**wide)
+        await asyncio.sleep(ACCESS_LOG.FLUSH_DELAY * 2)
+        return out.writes
+
+    writes = asyncio.run(serve())
+    assert 1 < len(writes) < 40 and sum(w.count("\n") for w in writes) == 40
+    for text in writes:
+        assert text.endswith("\n") and len(text.encode()) <= ACCESS_LOG.FLUSH_BYTES <= 4096
+        assert all(json.loads(line)["correlation_id"] for line in text.splitlines())
+
+
+def test_lines_still_waiting_are_written_when_the_process_exits() -> None:
+    """A worker that stops within FLUSH_DELAY of its last answer (its event loop closed with the
+    timer pending) writes the waiting lines on its way out."""
+    program = (
+        "import asyncio, logging\n"
+        "from financeatp.observe import ACCESS_LOG\n"
+        "logging.getLogger('financeatp.access').setLevel(logging.INFO)\n"
+        "async def answer():\n"
+        f"    ACCESS_LOG.write(**{REQUEST!r})\n"
+        "asyncio.run(answer())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert [json.loads(line)["correlation_id"] for line in done.stdout.splitlines()] == ["c-1"]
 
 
 def test_a_level_above_info_silences_it(
