@@ -179,6 +179,23 @@ def test_untouched_history_verifies(dba: psycopg.Connection, history: dict[str, 
     assert count(dba, "SELECT count(*) FROM ledger.audit_log WHERE actor = 'postgres'") >= 5
 
 
+def test_a_verification_late_in_a_transaction_reports_nothing_false(
+    database: str, dba: psycopg.Connection, history: dict[str, Any]
+) -> None:
+    """A DBA's transaction that sealed (and so holds a transaction id) and then verifies, after
+    others committed rows: those rows' ids are younger than this transaction's own, and the
+    verifier, comparing with that id, called every one of them impossible."""
+    with psycopg.connect(database) as session:  # one transaction until the end of the block
+        assert session.execute("SELECT api.seal_audit()").fetchone() is not None
+        history["app"].transfer(history["alice"], history["bob"], "1")
+        history["app"].rename(history["bob"], "Bob C.")
+        row = session.execute("SELECT api.verify_audit_chain()").fetchone()
+        assert row is not None
+        assert row[0]["ok"] is True and row[0]["problems"] == [], row[0]
+        assert row[0]["unsealed_rows"] == 2
+    assert verify(dba)["ok"] is True
+
+
 def test_changed_sealed_row_is_found(dba: psycopg.Connection, history: dict[str, Any]) -> None:
     target = count(dba, "SELECT min(id) FROM ledger.audit_log WHERE action = 'transfer'")
     as_attacker(
