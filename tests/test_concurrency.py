@@ -1006,3 +1006,25 @@ def test_a_partition_waits_for_no_long_reader(dba, database, app_url, make_key):
     created = dba.execute("SELECT api.ensure_partitions(%s)", [months + 2]).fetchone()[0]
     assert created["created"] == result["skipped_locked"], created
     assert "skipped_locked" not in created, created
+
+
+def test_verify_projections_sees_one_moment_while_mints_commit(dba, database):
+    """The trial balance read the balances and the journal lines in two statements, each with
+    its own snapshot: a mint committed between them made minted less burned differ from what is
+    held, and the books were reported broken while nothing was."""
+    (user,) = make_users(dba, 1, "supply_race")
+
+    def mint() -> None:
+        with connect(database) as conn:
+            for _ in range(400):
+                assert call(conn, "mint", to_user_id=user, amount=Decimal("0.01")).ok
+
+    reports = []
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        minters = [pool.submit(mint) for _ in range(2)]
+        while not all(m.done() for m in minters):
+            reports.append(dba.execute("SELECT api.verify_projections()").fetchone()[0])
+        for m in minters:
+            m.result()
+    assert reports
+    assert [r["supply"] | r["trial_balance"] for r in reports if not r["ok"]] == []
