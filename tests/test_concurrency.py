@@ -1008,6 +1008,50 @@ def test_a_partition_waits_for_no_long_reader(dba, database, app_url, make_key):
     assert "skipped_locked" not in created, created
 
 
+def test_a_new_partition_stops_no_transfer_until_its_commit(dba, database, app_url, make_key):
+    """Maintenance makes next months' partitions in the transaction of its other jobs. Made by
+    CREATE TABLE ... PARTITION OF, a partition held its parent exclusively until that commit, and
+    every transfer's INSERT waited (a DBA's open transaction, for as long as it stayed open).
+    Attached, it lets transfers by, and is a partition like the others."""
+    alice, bob = make_users(dba, 2, "partition_attach", mint=Decimal(10))
+    _, key_hash, _ = make_key(["write"])
+    month = (
+        dba.execute(
+            "SELECT max(c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'ledger.events'::regclass AND c.relname <> 'events_default'"
+        )
+        .fetchone()[0]
+        .removeprefix("events_")
+    )
+    current = dba.execute("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY_MM')").fetchone()[0]
+    assert month > current  # a month ahead: empty
+    for parent in ("events", "ledger_entries"):
+        dba.execute(f"DROP TABLE ledger.{parent}_{month}")
+    with connect(app_url, autocommit=False) as maintenance, connect(app_url) as app:
+        result = maintenance.execute("SELECT api.run_maintenance()").fetchone()[0]
+        assert result["partitions"]["created"] == [f"events_{month}", f"ledger_entries_{month}"]
+        app.execute("SET statement_timeout = '5s'")
+        transferred = call(
+            app, "transfer", from_user_id=alice, to_user_id=bob, amount=Decimal(1),
+            idempotency_key=uuid.uuid4(), api_key_hash=key_hash, request_user_id=alice,
+        )  # fmt: skip
+        assert transferred.ok, transferred
+        maintenance.commit()
+    shape = (
+        "SELECT (SELECT array_agg(tgname ORDER BY tgname) FROM pg_trigger"
+        "         WHERE tgrelid = %(t)s::regclass),"
+        " (SELECT array_agg(indisunique || split_part(pg_get_indexdef(indexrelid), ' USING ', 2)"
+        "                   ORDER BY 1) FROM pg_index WHERE indrelid = %(t)s::regclass),"
+        " has_table_privilege('atp_owner', %(t)s::regclass, 'INSERT')"
+    )
+    for parent in ("events", "ledger_entries"):
+        made, usual = (
+            dba.execute(shape, {"t": f"ledger.{parent}_{m}"}).fetchone() for m in (month, current)
+        )
+        assert made == usual and made[2] is False, (made, usual)
+    verify_projections(dba)
+
+
 def test_verify_projections_sees_one_moment_while_mints_commit(dba, database):
     """The trial balance read the balances and the journal lines in two statements, each with
     its own snapshot: a mint committed between them made minted less burned differ from what is

@@ -16,11 +16,12 @@ BEGIN
             run_maintenance.request_user_id, run_maintenance.correlation_id, run_maintenance.client_addr),
         'idempotency_keys_expired', api.expire_idempotency_keys(run_maintenance.api_key_hash,
             run_maintenance.request_user_id, run_maintenance.correlation_id, run_maintenance.client_addr),
-        'partitions', api.ensure_partitions(3, run_maintenance.api_key_hash,
-            run_maintenance.request_user_id, run_maintenance.correlation_id, run_maintenance.client_addr),
         'holds_expired', api.expire_holds(10000, run_maintenance.api_key_hash,
             run_maintenance.request_user_id, run_maintenance.correlation_id, run_maintenance.client_addr),
         'audit', api.seal_audit(100000, run_maintenance.api_key_hash,
+            run_maintenance.request_user_id, run_maintenance.correlation_id, run_maintenance.client_addr),
+        -- Last: a partition it makes stays locked until the commit that follows.
+        'partitions', api.ensure_partitions(3, run_maintenance.api_key_hash,
             run_maintenance.request_user_id, run_maintenance.correlation_id, run_maintenance.client_addr));
 END
 $$;

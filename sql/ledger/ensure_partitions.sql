@@ -2,12 +2,16 @@
 -- months_ahead months ahead, so that no row ever waits for one (rows that arrive anyway land
 -- in the DEFAULT partition). Every partition that lacks it, old or new, also gets the TRUNCATE
 -- trigger (statement triggers are not inherited) and loses INSERT/UPDATE/DELETE/TRUNCATE for
--- the owner, so nobody writes around the parent's triggers. Creating a partition takes an
--- ACCESS EXCLUSIVE lock on its parent; while a reader holds the parent (a long report, a
--- pg_dump), the request would queue every transfer behind it. So each lock is waited for at
--- most lock_timeout, and a partition whose parent is busy is left for the next run (reported
--- as skipped_locked): it is made months before it is needed. Months are UTC months, whatever
--- the session's TimeZone: bounds computed in another zone would overlap or leave gaps.
+-- the owner, so nobody writes around the parent's triggers. A partition is made as a table of
+-- its own and then attached: CREATE TABLE ... PARTITION OF would hold an ACCESS EXCLUSIVE lock
+-- on the parent until the transaction ends, stopping every transfer's INSERT for that long,
+-- where ATTACH PARTITION takes SHARE UPDATE EXCLUSIVE, which writers and readers pass (and
+-- ACCESS EXCLUSIVE on the DEFAULT partition, which it checks for rows of the new month). While
+-- a reader holds the DEFAULT partition (a long report, a pg_dump), that request would queue
+-- the reads of the parent behind it. So each lock is waited for at most lock_timeout, and a
+-- partition that could not be attached is left for the next run (reported as skipped_locked):
+-- it is made months before it is needed. Months are UTC months, whatever the session's
+-- TimeZone: bounds computed in another zone would overlap or leave gaps.
 CREATE OR REPLACE FUNCTION ledger.ensure_partitions(months_ahead integer DEFAULT 3)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -46,8 +50,11 @@ BEGIN
                 CONTINUE;
             END IF;
             BEGIN
-                EXECUTE format('CREATE TABLE ledger.%I PARTITION OF ledger.%I FOR VALUES FROM (%L) TO (%L)',
-                               _name, _parent, _month, _month + interval '1 month');
+                -- Indexes, constraints and row triggers come from the parent as it attaches.
+                EXECUTE format('CREATE TABLE ledger.%I (LIKE ledger.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS '
+                               'INCLUDING STORAGE INCLUDING COMPRESSION)', _name, _parent);
+                EXECUTE format('ALTER TABLE ledger.%I ATTACH PARTITION ledger.%I FOR VALUES FROM (%L) TO (%L)',
+                               _parent, _name, _month, _month + interval '1 month');
                 _created := _created || _name;
             EXCEPTION WHEN lock_not_available THEN
                 _locked := _locked || _name;
