@@ -57,14 +57,17 @@ BEGIN
     END LOOP;
 
     -- Rows no seal can ever cover: ordered before the first possible row, or claiming a
-    -- transaction that had not started when this statement's snapshot was taken (a row it sees
-    -- was written by a transaction before that, or by this one). Not this transaction's own id:
-    -- one assigned earlier in it (a seal, a write) is older than rows committed since.
+    -- transaction that had not ended when this statement's snapshot was taken, other than this
+    -- one (a row it sees was written by a transaction that ended before, or by this one). Not
+    -- compared with this transaction's own id: one assigned earlier in it (a seal, a write) is
+    -- older than the rows others committed since.
     SELECT _problems || COALESCE(jsonb_agg(jsonb_build_object('audit_id', a.id,
                'problem', 'row has a transaction id no seal can cover')), '[]')
       INTO _problems
       FROM ledger.audit_log a
-     WHERE (a.tx_id, a.id) <= ('0'::xid8, 0) OR a.tx_id >= pg_snapshot_xmax(pg_current_snapshot());
+     WHERE (a.tx_id, a.id) <= ('0'::xid8, 0)
+        OR (a.tx_id >= pg_snapshot_xmax(pg_current_snapshot())
+            AND a.tx_id IS DISTINCT FROM pg_current_xact_id_if_assigned());
 
     -- Every journal against the audit row of the request that posted it: the same amount, from
     -- and to the same users, and no journal without its row or row without its journal. Events,
