@@ -53,8 +53,8 @@ BEGIN
 
         -- Each snapshot equals the replay up to its version: one running sum per account, in
         -- one pass (summing each snapshot's events again grew with the square of an account's
-        -- history: a million events on one account took minutes). A snapshot of a version no
-        -- event has replays to nothing.
+        -- history: 20 s for one account of 60,000 events). A snapshot of a version no event has
+        -- replays to nothing.
         SELECT COALESCE(jsonb_agg(jsonb_build_object('account_id', s.account_id, 'version', s.version,
                                                      'snapshot', s.balance, 'replayed', x.total)), '[]')
           INTO _snapshots
