@@ -296,7 +296,7 @@ def settle_after_waiting(
     assert created.ok, created
     hold_id = created.body["hold_id"]  # type: ignore[index]
     dba.execute(
-        "UPDATE ledger.holds SET expires_at = clock_timestamp() + interval '1 second'"
+        "UPDATE ledger.holds SET expires_at = clock_timestamp() + interval '2 seconds'"
         " WHERE id = %s",
         [hold_id],
     )
