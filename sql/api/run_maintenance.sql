@@ -29,7 +29,7 @@ $$;
 REVOKE ALL ON FUNCTION api.run_maintenance(text, uuid, text, inet) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.run_maintenance(text, uuid, text, inet) TO atp_app, atp_dba;
 COMMENT ON FUNCTION api.run_maintenance(text, uuid, text, inet) IS
-'Runs every scheduled job once: rate-limit bucket cleanup, idempotency expiry, partitions three months ahead, expired holds released,
-audit sealing.
+'Runs every scheduled job once: rate-limit bucket cleanup, idempotency expiry, expired holds released, audit sealing,
+and last (a partition it makes stays locked until the commit) partitions three months ahead.
 The service runs it every minute. Needs an admin key, or a keyless call from atp_dba or atp_app.
 Example: SELECT api.run_maintenance();';
