@@ -976,6 +976,18 @@ def test_maintenance_does_not_block_transfers(dba, app_url, make_key):
         maintenance.rollback()
 
 
+def transfer_in_time(
+    app: psycopg.Connection, sender: uuid.UUID, receiver: uuid.UUID, key: str
+) -> None:
+    """One transfer as the app, which fails rather than waits past 5 s for a lock."""
+    app.execute("SET statement_timeout = '5s'")
+    transferred = call(
+        app, "transfer", from_user_id=sender, to_user_id=receiver, amount=Decimal(1),
+        idempotency_key=uuid.uuid4(), api_key_hash=key, request_user_id=sender,
+    )  # fmt: skip
+    assert transferred.ok, transferred
+
+
 def test_a_partition_waits_for_no_long_reader(dba, database, app_url, make_key):
     """Creating a partition locks its parent exclusively. Behind a reader that keeps the parent
     (a report, a pg_dump), the request queued every transfer after it; now it waits 200 ms, is
@@ -996,12 +1008,7 @@ def test_a_partition_waits_for_no_long_reader(dba, database, app_url, make_key):
         assert result["skipped_locked"], result
         assert all(name.startswith("events_") for name in result["skipped_locked"]), result
         assert not any(name.startswith("events_") for name in result["created"]), result
-        app.execute("SET statement_timeout = '5s'")
-        transferred = call(
-            app, "transfer", from_user_id=alice, to_user_id=bob, amount=Decimal(1),
-            idempotency_key=uuid.uuid4(), api_key_hash=key_hash, request_user_id=alice,
-        )  # fmt: skip
-        assert transferred.ok, transferred
+        transfer_in_time(app, alice, bob, key_hash)
         report.rollback()
     created = dba.execute("SELECT api.ensure_partitions(%s)", [months + 2]).fetchone()[0]
     assert created["created"] == result["skipped_locked"], created
@@ -1030,12 +1037,7 @@ def test_a_new_partition_stops_no_transfer_until_its_commit(dba, database, app_u
     with connect(app_url, autocommit=False) as maintenance, connect(app_url) as app:
         result = maintenance.execute("SELECT api.run_maintenance()").fetchone()[0]
         assert result["partitions"]["created"] == [f"events_{month}", f"ledger_entries_{month}"]
-        app.execute("SET statement_timeout = '5s'")
-        transferred = call(
-            app, "transfer", from_user_id=alice, to_user_id=bob, amount=Decimal(1),
-            idempotency_key=uuid.uuid4(), api_key_hash=key_hash, request_user_id=alice,
-        )  # fmt: skip
-        assert transferred.ok, transferred
+        transfer_in_time(app, alice, bob, key_hash)
         maintenance.commit()
     shape = (
         "SELECT (SELECT array_agg(tgname ORDER BY tgname) FROM pg_trigger"
