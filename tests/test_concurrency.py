@@ -1074,3 +1074,39 @@ def test_verify_projections_sees_one_moment_while_mints_commit(dba, database):
             m.result()
     assert reports
     assert [r["supply"] | r["trial_balance"] for r in reports if not r["ok"]] == []
+
+
+def test_rebuild_projections_stops_no_transfer_while_it_replays(dba, database, app_url, make_key):
+    """api.rebuild_projections() locked the balances for its whole replay of every account's
+    events (22 s for 5 million) and every write waited. Now it finds the wrong accounts without
+    a lock and locks only to put those right: a transfer completes while the replay is still
+    running (held here behind a lock on the holds it reads), and the corrupted account is
+    repaired all the same."""
+    alice, bob, carol = make_users(dba, 3, "rebuild_wait", mint=Decimal(10))
+    _, key_hash, _ = make_key(["write"])
+    (account,) = dba.execute(
+        "SELECT id FROM ledger.accounts WHERE user_id = %s AND account_type = 'user_wallet'",
+        (carol,),
+    ).fetchone()
+    dba.execute(
+        "UPDATE ledger.balances SET balance = balance + 1 WHERE account_id = %s", (account,)
+    )
+    with (
+        connect(database, autocommit=False) as blocker,
+        connect(database) as rebuilding,
+        connect(app_url) as app,
+    ):
+        blocker.execute("LOCK TABLE ledger.holds IN ACCESS EXCLUSIVE MODE")
+        rebuilding.execute("SET statement_timeout = '20s'")
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(
+                lambda: rebuilding.execute("SELECT api.rebuild_projections()").fetchone()[0]
+            )
+            assert wait_for_lock_wait(dba, rebuilding.info.backend_pid), "the rebuild never waited"
+            transfer_in_time(app, alice, bob, key_hash)
+            blocker.rollback()
+            rebuilt = pending.result(timeout=30)
+    assert rebuilt["changed"] == [
+        {"account_id": str(account), "balance": "10.00000000", "held": "0.00000000"}
+    ], rebuilt
+    verify_projections(dba)
