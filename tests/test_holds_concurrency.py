@@ -4,16 +4,19 @@ the hold once. verify_projections (which checks held against the pending holds) 
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
 from test_concurrency import (
     BARRIER_TIMEOUT,
     Outcome,
@@ -24,6 +27,8 @@ from test_concurrency import (
     verify_projections,
     wait_for_lock_wait,
 )
+
+from financeatp.maintenance import run_maintenance
 
 
 def held_and_balance(dba: psycopg.Connection, user: uuid.UUID) -> tuple[Decimal, Decimal]:
@@ -340,3 +345,47 @@ def test_a_capture_whose_receiver_was_deleted_meanwhile_is_refused(
     failed on it (an internal error, 500 over HTTP)."""
     outcome = settle_after_waiting(database, dba, "capture_hold", delete_payee=True)
     assert outcome.error == "L4095" and "expired" in outcome.message, outcome
+
+
+def test_the_scheduler_releases_a_backlog_of_holds_a_batch_per_transaction(dba, app_url):
+    """Every sender's wallet of a batch of expired holds stays locked until the batch commits
+    (6,216 holds held every writer for 1.4 s on a large store). api.run_maintenance() releases
+    at most 1,000 per call and says when more are waiting; the scheduler then runs it again at
+    once, in a new transaction: a backlog of 2,001 goes in three, well within one interval."""
+    users = make_users(dba, 21, "hold_backlog", mint=Decimal(1000))
+    senders, receiver = users[:20], users[20]
+    dba.execute(
+        "SELECT count(*) FROM generate_series(0, 2000) n, LATERAL api.create_hold("
+        " from_user_id => (%(s)s::uuid[])[n %% 20 + 1], to_user_id => %(r)s, amount => 1,"
+        " request_user_id => (%(s)s::uuid[])[n %% 20 + 1]) h",
+        {"s": senders, "r": receiver},
+    )
+    dba.execute(
+        "UPDATE ledger.holds SET expires_at = now() - interval '1 second' WHERE to_user_id = %s",
+        (receiver,),
+    )
+    pending = "SELECT count(*) FROM ledger.holds WHERE to_user_id = %s AND status = 'pending'"
+
+    async def drain() -> None:
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            app_url, min_size=1, max_size=1, kwargs={"autocommit": True}, open=False
+        )
+        await pool.open(wait=True)
+        task = asyncio.create_task(run_maintenance(pool, interval=3600, first_delay=0))
+        try:
+            deadline = time.monotonic() + 60
+            while dba.execute(pending, (receiver,)).fetchone() != (0,):
+                assert time.monotonic() < deadline, "the backlog waited for the next interval"
+                await asyncio.sleep(0.1)
+        finally:
+            task.cancel()
+            await pool.close()
+
+    asyncio.run(drain())
+    batches = dba.execute(
+        "SELECT count(*) FROM ledger.events e JOIN ledger.holds h ON h.id = e.aggregate_id"
+        " WHERE e.event_type = 'HoldExpired' AND h.to_user_id = %s GROUP BY e.tx_id ORDER BY 1",
+        (receiver,),
+    ).fetchall()
+    assert batches == [(1,), (1000,), (1000,)], batches
+    verify_projections(dba)

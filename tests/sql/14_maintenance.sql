@@ -209,7 +209,7 @@ UPDATE ledger.idempotency_keys SET expires_at = now() WHERE key = '1d000000-0000
 SET LOCAL ROLE atp_app;
 CREATE TEMP TABLE run AS SELECT api.run_maintenance(correlation_id => 'corr-run') AS j;
 RESET ROLE;
-SELECT is(j, '{"rate_limit_keys_cleaned": 1, "idempotency_keys_expired": 1, "holds_expired": 0,
+SELECT is(j, '{"rate_limit_keys_cleaned": 1, "idempotency_keys_expired": 1, "holds_expired": 0, "more": false,
                "partitions": {"created": [], "skipped_default_has_rows": []},
                "audit": {"sealed_rows": 0, "last_seal_no": 2}}'::jsonb,
           'run_maintenance runs every job once and reports each (the service runs it as atp_app, without a key)')
