@@ -1,5 +1,5 @@
 CREATE OR REPLACE FUNCTION api.expire_holds(
-    max_holds integer DEFAULT 10000,
+    max_holds integer DEFAULT 1000,
     api_key_hash text DEFAULT NULL,
     request_user_id uuid DEFAULT NULL,
     correlation_id text DEFAULT NULL,
@@ -74,6 +74,7 @@ $$;
 REVOKE ALL ON FUNCTION api.expire_holds(integer, text, uuid, text, inet) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.expire_holds(integer, text, uuid, text, inet) TO atp_app, atp_dba;
 COMMENT ON FUNCTION api.expire_holds(integer, text, uuid, text, inet) IS
-'Releases what pending holds past expires_at reserve (at most max_holds, oldest first): each becomes expired, with its
-event and audit row. api.run_maintenance runs it. Returns how many. Needs an admin key, or a keyless call from
+'Releases what pending holds past expires_at reserve (at most max_holds, 1,000 unless given; oldest first): each
+becomes expired, with its event and audit row. Every sender''s wallet of the batch stays locked until the commit, so
+keep batches small while the ledger is written. api.run_maintenance runs it. Returns how many. Needs an admin key, or a keyless call from
 atp_dba or atp_app. Errors: L4001 invalid_request (max_holds below 0). Example: SELECT api.expire_holds();';
