@@ -28,8 +28,7 @@ BEGIN
       LEFT JOIN ledger.balances b ON b.account_id = r.account_id
      WHERE (b.balance, b.is_frozen, b.is_closed, b.version, b.normal_side, b.held)
            IS DISTINCT FROM (r.balance, r.is_frozen, r.is_closed, r.version, r.normal_side,
-                             (SELECT COALESCE(sum(h.amount), 0) FROM ledger.holds h
-                               WHERE h.from_account_id = r.account_id AND h.status = 'pending'));
+                             ledger.pending_held(r.account_id));
     IF cardinality(_suspects) = 0 THEN
         RETURN jsonb_build_object('changed_accounts', 0, 'changed', '[]'::jsonb);
     END IF;
@@ -50,10 +49,8 @@ BEGIN
     ), fixed AS (
         INSERT INTO ledger.balances AS b (account_id, normal_side, balance, held, is_frozen, is_closed, version,
                                           last_event_id, updated_at)
-        SELECT r.account_id, r.normal_side, r.balance,
-               COALESCE((SELECT sum(h.amount) FROM ledger.holds h
-                          WHERE h.from_account_id = r.account_id AND h.status = 'pending'), 0),
-               r.is_frozen, r.is_closed, r.version, r.last_event_id, r.last_at
+        SELECT r.account_id, r.normal_side, r.balance, ledger.pending_held(r.account_id), r.is_frozen, r.is_closed,
+               r.version, r.last_event_id, r.last_at
           FROM replay r
         ON CONFLICT (account_id) DO UPDATE
            SET normal_side = EXCLUDED.normal_side, balance = EXCLUDED.balance, held = EXCLUDED.held,

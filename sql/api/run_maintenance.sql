@@ -11,6 +11,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
+    _max_seal CONSTANT integer := 100000;
+    _max_holds CONSTANT integer := 1000;
     _cleaned bigint;
     _keys bigint;
     _audit jsonb;
@@ -21,13 +23,13 @@ BEGIN
                                         run_maintenance.correlation_id, run_maintenance.client_addr);
     _keys := api.expire_idempotency_keys(run_maintenance.api_key_hash, run_maintenance.request_user_id,
                                          run_maintenance.correlation_id, run_maintenance.client_addr);
-    _audit := api.seal_audit(100000, run_maintenance.api_key_hash, run_maintenance.request_user_id,
+    _audit := api.seal_audit(_max_seal, run_maintenance.api_key_hash, run_maintenance.request_user_id,
                              run_maintenance.correlation_id, run_maintenance.client_addr);
     -- Holds late and 1,000 at a time: releasing one costs about what a transfer does, and every
     -- sender's wallet of the batch stays locked until the commit that follows (6,216 holds held
     -- every writer for 1.4 s). When a batch or the seal stops at its limit, 'more' says so and
     -- the service runs the jobs again at once, in a new transaction.
-    _holds := api.expire_holds(1000, run_maintenance.api_key_hash, run_maintenance.request_user_id,
+    _holds := api.expire_holds(_max_holds, run_maintenance.api_key_hash, run_maintenance.request_user_id,
                                run_maintenance.correlation_id, run_maintenance.client_addr);
     -- Last: a partition it makes stays locked until the commit that follows.
     _partitions := api.ensure_partitions(3, run_maintenance.api_key_hash, run_maintenance.request_user_id,
@@ -35,7 +37,7 @@ BEGIN
     RETURN jsonb_build_object(
         'rate_limit_keys_cleaned', _cleaned, 'idempotency_keys_expired', _keys, 'holds_expired', _holds,
         'audit', _audit, 'partitions', _partitions,
-        'more', _holds >= 1000 OR (_audit ->> 'sealed_rows')::bigint >= 100000);
+        'more', _holds >= _max_holds OR (_audit ->> 'sealed_rows')::bigint >= _max_seal);
 END
 $$;
 
