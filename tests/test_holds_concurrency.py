@@ -349,9 +349,10 @@ def test_a_capture_whose_receiver_was_deleted_meanwhile_is_refused(
 
 def test_the_scheduler_releases_a_backlog_of_holds_a_batch_per_transaction(dba, app_url):
     """Every sender's wallet of a batch of expired holds stays locked until the batch commits
-    (6,216 holds held every writer for 1.4 s on a large store). api.run_maintenance() releases
-    at most 1,000 per call and says when more are waiting; the scheduler then runs it again at
-    once, in a new transaction: a backlog of 2,001 goes in three, well within one interval."""
+    (6,216 holds, released one by one as they were then, held every writer for 1.4 s on a large
+    store). api.run_maintenance() releases at most 1,000 per call and says when more are
+    waiting; the scheduler then runs it again at once, in a new transaction: a backlog of 2,001
+    goes in three, well within one interval."""
     users = make_users(dba, 21, "hold_backlog", mint=Decimal(1000))
     senders, receiver = users[:20], users[20]
     dba.execute(
