@@ -40,11 +40,9 @@ import contextlib
 import ctypes
 import json
 import os
-import pwd
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,6 +58,8 @@ from typing import Any
 
 import httpx
 import psycopg
+
+from financeatp.pgcluster import as_user, free_port, pg_bindir, pg_user
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = Path(os.environ.get("FAULTS_APP", ROOT / "app.py")).resolve()
@@ -128,45 +128,10 @@ def reap(pids: list[int], timeout: float) -> list[int]:
     return alive
 
 
-def pg_user() -> pwd.struct_passwd | None:
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", "nobody"):
-        with contextlib.suppress(KeyError):
-            return pwd.getpwnam(name)
-    raise RuntimeError("running as root, and there is no postgres or nobody user for PostgreSQL")
-
-
-def as_pg() -> list[str]:
-    user = pg_user()
-    if user is None:
-        return []
-    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups", "--"]
-
-
 def give_to_pg(path: Path) -> None:
     user = pg_user()
     if user is not None:
         os.chown(path, user.pw_uid, user.pw_gid)
-
-
-def pg_bindir() -> Path:
-    configured = os.environ.get("PG_BINDIR")
-    if configured and (Path(configured) / "initdb").exists():
-        return Path(configured)
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: p.parts[-3])
-    if found:
-        return found[-1].parent
-    initdb = shutil.which("initdb")
-    if initdb:
-        return Path(initdb).parent
-    raise SystemExit("PostgreSQL server binaries (initdb) not found")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Postgres:
@@ -199,7 +164,7 @@ class Postgres:
             "--lc-messages=C",
             "--data-checksums",
         ]
-        subprocess.run([*as_pg(), *command], check=True, capture_output=True)
+        subprocess.run([*as_user(pg_user()), *command], check=True, capture_output=True)
 
     def url(self, database: str = "atp", user: str = "postgres") -> str:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
@@ -228,7 +193,7 @@ class Postgres:
             *settings,
         ]
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen([*as_pg(), *command], stdout=log, stderr=log)
+            self.process = subprocess.Popen([*as_user(pg_user()), *command], stdout=log, stderr=log)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -931,7 +896,7 @@ def checksum_check(pg: Postgres, base: Path, relation_path: str, checks: Checks)
         f.seek(offset)
         f.write(bytes([byte[0] ^ 0xFF]))
     result = subprocess.run(
-        [*as_pg(), str(pg.bindir / "pg_checksums"), "--check", "-D", str(copy)],
+        [*as_user(pg_user()), str(pg.bindir / "pg_checksums"), "--check", "-D", str(copy)],
         capture_output=True,
         text=True,
     )

@@ -40,22 +40,29 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a server could listen on the port now. As PostgreSQL and uvicorn bind, with
+    SO_REUSEADDR: the connections of a server stopped a moment ago, left in TIME_WAIT, do not
+    keep it from starting again on its port; a socket listening there does."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
+            probe.listen()
         except OSError:
             return False
     return True
 
 
 def pg_bindir() -> Path:
-    """initdb, pg_ctl and postgres: PG_BINDIR, else PATH, else Debian's newest version."""
+    """initdb, pg_ctl, postgres and their companions (pgbench, pg_checksums): PG_BINDIR, else
+    the directory of the initdb on PATH (where a link there leads: /usr/local/bin may hold links
+    to a few of them only), else Debian's newest version."""
     configured = os.environ.get("PG_BINDIR")
     if configured:
         return Path(configured)
     initdb = shutil.which("initdb")
     if initdb:
-        return Path(initdb).parent
+        return Path(initdb).resolve().parent
     found = sorted(
         Path("/usr/lib/postgresql").glob("*/bin/initdb"),
         key=lambda p: [int(part) for part in re.findall(r"\d+", p.parent.parent.name)],
