@@ -55,6 +55,7 @@ from financeatp.openapi import DOCS_PAGE, openapi_text
 from financeatp.operations import OPERATIONS, ErrorCode, Operation
 from financeatp.pgcall import Connection, Row, Statement, fetch_row
 from financeatp.routing import routing_path
+from financeatp.serving import stop_with_supervisor
 from financeatp.values import field_value, parse_object, query_value, read_body, uuid_text
 
 # --- settings ------------------------------------------------------------------------------
@@ -493,7 +494,10 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     gate = Gate(settings.pool_max_size)
     state = AppState(settings, pool, gate, ErrorCodes(), KeyNames(settings.key_name_ttl))
     await load_error_codes(state, timeout=settings.pool_timeout)
-    tasks = [asyncio.create_task(publish_metrics(pool, gate))]
+    tasks = [
+        asyncio.create_task(publish_metrics(pool, gate)),
+        asyncio.create_task(stop_with_supervisor()),
+    ]
     if settings.maintenance_interval > 0:
         tasks.append(asyncio.create_task(run_maintenance(pool, settings.maintenance_interval)))
     try:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
+import multiprocessing
 import os
 import shutil
 import signal
@@ -15,6 +18,8 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from financeatp.observe import LOG_CONFIG
+
+log = logging.getLogger("financeatp")
 
 
 def default_workers() -> int:
@@ -39,6 +44,20 @@ def supervisor(config: uvicorn.Config, sock: socket.socket) -> Multiprocess:
         target = uvicorn.Server(config).run
         return Multiprocess(config, target=target, sockets=[sock])  # type: ignore[call-arg]
     return Multiprocess(config, sockets=[sock])
+
+
+async def stop_with_supervisor(interval: float = 1.0) -> None:
+    """In a worker of several, a stop of this worker, as SIGTERM asks (what is in flight is
+    answered), once its supervisor is gone. A supervisor killed with SIGKILL cannot stop its
+    workers: they went on serving, and holding the listening socket, so that the next start
+    could not bind its port. In a single process, nothing: its parent is not its supervisor."""
+    supervisor = multiprocessing.parent_process()  # uvicorn spawns its workers
+    if supervisor is None:
+        return
+    while os.getppid() == supervisor.pid:
+        await asyncio.sleep(interval)
+    log.warning("the supervisor is gone: this worker stops", extra={"fields": {"pid": os.getpid()}})
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def trusted_proxies(env: Mapping[str, str] = os.environ) -> str | None:
