@@ -17,7 +17,6 @@ import datetime as dt
 import json
 import os
 import re
-import signal
 import statistics
 import sys
 import time
@@ -277,11 +276,7 @@ def report(results: dict[str, list[dict[str, float]]], settings: str) -> None:
 
 
 def main() -> None:
-    def terminate(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
+    harness.exit_on_signals()
     clients = harness.env_int("BENCH_ABLATION_CLIENTS", 2)
     config = dataclasses.replace(
         harness.Config.from_env(), seconds=harness.env_int("BENCH_ABLATION_SECONDS", 8),

@@ -32,7 +32,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -215,11 +214,7 @@ def verify(
 
 
 def main() -> None:
-    def terminate(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
+    harness.exit_on_signals()
     if shutil.which("pgbackrest") is None:
         raise SystemExit("pgbackrest is missing (Debian: apt-get install pgbackrest)")
     config = dataclasses.replace(

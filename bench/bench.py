@@ -1504,16 +1504,24 @@ def update_main_readme(results: dict[str, Any], goals: list[str]) -> None:
     ])  # fmt: skip
 
 
-def main() -> None:
-    config = Config.from_env()
-    if shutil.which("wrk") is None and any(r.startswith("http_") for r in config.runs):
-        raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
+def exit_on_signals() -> None:
+    """SIGTERM and SIGHUP (a closed terminal) leave through Python's exit, so that what a run
+    holds is released on the way out: its cluster stopped, its huge pages returned, its server
+    stopped."""
 
     def terminate(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGHUP, terminate)
+
+
+def main() -> None:
+    config = Config.from_env()
+    if shutil.which("wrk") is None and any(r.startswith("http_") for r in config.runs):
+        raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
+
+    exit_on_signals()
     started = dt.datetime.now(dt.UTC)
     with contextlib.ExitStack() as stack:
         bench = Bench(config, stack)

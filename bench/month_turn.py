@@ -21,7 +21,6 @@ import datetime as dt
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -133,11 +132,7 @@ def placement(cluster: harness.Cluster, month: dt.datetime) -> dict[str, Any]:
 
 
 def main() -> None:
-    def terminate(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
+    harness.exit_on_signals()
     faketime_library()
     clients = harness.env_int("BENCH_CONNECTIONS", 16)
     config = dataclasses.replace(
