@@ -966,6 +966,28 @@ def test_a_chunked_body_is_refused_so_trailers_cannot_act_as_headers(
     assert api.balance(admin_key, alice) == "5.00000000"
 
 
+def test_a_client_gone_before_its_body_arrived_calls_nothing(api: Api, admin_key: str) -> None:
+    """A body promised by Content-Length and cut short by the client's close: nothing is called
+    (no transfer), the access line says 499 (nobody receives it), and the server goes on."""
+    alice = api.new_user(admin_key)["user_id"]
+    bob = api.new_user(admin_key)["user_id"]
+    api.mint(admin_key, alice, "5")
+    body = json.dumps({"from_user_id": alice, "to_user_id": bob, "amount": "1"}).encode()
+    correlation_id = str(uuid.uuid4())
+    head = (
+        f"POST /transfers HTTP/1.1\r\nHost: x\r\nX-API-Key: {admin_key}\r\n"
+        f"X-Request-User-Id: {alice}\r\nIdempotency-Key: {uuid.uuid4()}\r\n"
+        f"X-Correlation-Id: {correlation_id}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    host, port = api.server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(head + body[: len(body) // 2])
+    line = api.server.access_log(correlation_id)
+    assert (line["status"], line["route"]) == (499, "/transfers"), line
+    assert api.balance(admin_key, alice) == "5.00000000"
+    assert "Traceback" not in api.server.log_text()
+
+
 def test_an_encoded_slash_in_a_path_is_no_route(api: Api, admin_key: str) -> None:
     """The router sees a path decoded: /users/<id>%2Fbalance answered the balance, past any
     proxy rule written for /users/<id>/balance."""
