@@ -47,10 +47,10 @@ def supervisor(config: uvicorn.Config, sock: socket.socket) -> Multiprocess:
 
 
 async def stop_with_supervisor(interval: float = 1.0) -> None:
-    """In a worker of several, a stop of this worker, as SIGTERM asks (what is in flight is
-    answered), once its supervisor is gone. A supervisor killed with SIGKILL cannot stop its
-    workers: they went on serving, and holding the listening socket, so that the next start
-    could not bind its port. In a single process, nothing: its parent is not its supervisor."""
+    """In a worker of several: stops this worker as SIGTERM does (what is in flight is answered)
+    once its supervisor is gone. A supervisor killed with SIGKILL cannot stop its workers: they
+    went on serving, and holding the listening socket, so that the next start could not bind its
+    port. In a single process, nothing: its parent is not its supervisor."""
     supervisor = multiprocessing.parent_process()  # uvicorn spawns its workers
     if supervisor is None:
         return

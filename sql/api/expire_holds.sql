@@ -37,13 +37,14 @@ BEGIN
      ORDER BY b.account_id
        FOR UPDATE OF b;
     _at := clock_timestamp();
-    -- Then every hold of the batch in one statement, as ledger.post_journal posts a hold's
-    -- release (no journal lines: the money never moved; the wallet's held amount, the hold's
-    -- row, its HoldExpired event and an audit row each): released hold by hold, a release cost
-    -- about a transfer, and every wallet of the batch waited for all of them. A hold a capture
-    -- or void has locked is theirs to settle: skipped, and gone by the next run (they lock the
-    -- hold, then its wallets: so this run never waits for a hold). One wallet's holds are
-    -- released in expiry order, each audit row saying what that wallet held before and after it.
+    -- Then every hold of the batch in one statement, with the rows ledger.post_journal writes
+    -- for a hold's release (no journal lines: the money never moved; the wallet's held amount,
+    -- the hold's row, its HoldExpired event and an audit row each). Released hold by hold, as
+    -- they were until 2026-12-06, a release cost about a transfer while every wallet of the
+    -- batch waited for all of them. A hold a capture or void has locked is theirs to settle:
+    -- skipped, and gone by the next run (they lock the hold, then its wallets: so this run
+    -- never waits for a hold). One wallet's holds are released in expiry order, each audit row
+    -- saying what that wallet held before and after it.
     WITH released AS (
         UPDATE ledger.holds h
            SET status = 'expired', settled_at = _at, version = h.version + 1
