@@ -186,6 +186,9 @@ def test_make_run_embedded(checkout: Path) -> None:
     again = Running(checkout, workers=1, via_make=False)
     try:
         again.wait_ready()
+        # The cluster's port is kept from one start to the next (the psql line README gives reads
+        # it from .pgdata/port), though the last stop left connections to it in TIME_WAIT.
+        assert int((checkout / ".pgdata" / "port").read_text()) == port, again.text()
         assert create_user(again.url, made.stdout.strip().splitlines()[-1]).status_code == 201
         assert not KEY.search(again.text())
         again.process.send_signal(signal.SIGTERM)
