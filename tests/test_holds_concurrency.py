@@ -390,3 +390,34 @@ def test_the_scheduler_releases_a_backlog_of_holds_a_batch_per_transaction(dba, 
     ).fetchall()
     assert batches == [(1,), (1000,), (1000,)], batches
     verify_projections(dba)
+
+
+def test_maintenance_says_more_when_it_skipped_a_locked_hold_and_others_wait(database, dba):
+    """1,001 expired holds, and a capture holding the lock of the first of them: the run releases
+    the other 999 of its batch of 1,000 and must say that more wait (it said so only for a full
+    batch, which left the 1,001st for the next interval); the next run, the lock gone, releases
+    the last two and ends the round."""
+    users = make_users(dba, 11, "hold_more", mint=Decimal(1000))
+    senders, receiver = users[:10], users[10]
+    dba.execute(
+        "SELECT count(*) FROM generate_series(0, 1000) n, LATERAL api.create_hold("
+        " from_user_id => (%(s)s::uuid[])[n %% 10 + 1], to_user_id => %(r)s, amount => 1,"
+        " request_user_id => (%(s)s::uuid[])[n %% 10 + 1]) h",
+        {"s": senders, "r": receiver},
+    )
+    dba.execute(
+        "UPDATE ledger.holds h SET expires_at = now() - interval '1 hour' + o.n * interval '1 ms'"
+        " FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM ledger.holds"
+        " WHERE to_user_id = %s) o WHERE h.id = o.id",
+        (receiver,),
+    )
+    first = dba.execute(
+        "SELECT id FROM ledger.holds WHERE to_user_id = %s ORDER BY expires_at LIMIT 1", (receiver,)
+    ).fetchone()
+    with connect(database, autocommit=False) as settling:
+        settling.execute("SELECT FROM ledger.holds WHERE id = %s FOR UPDATE", first)
+        run = dba.execute("SELECT api.run_maintenance()").fetchone()[0]  # type: ignore[index]
+        assert (run["holds_expired"], run["more"]) == (999, True), run
+    again = dba.execute("SELECT api.run_maintenance()").fetchone()[0]  # type: ignore[index]
+    assert (again["holds_expired"], again["more"]) == (2, False), again
+    verify_projections(dba)

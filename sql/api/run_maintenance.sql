@@ -37,7 +37,13 @@ BEGIN
     RETURN jsonb_build_object(
         'rate_limit_keys_cleaned', _cleaned, 'idempotency_keys_expired', _keys, 'holds_expired', _holds,
         'audit', _audit, 'partitions', _partitions,
-        'more', _holds >= _max_holds OR (_audit ->> 'sealed_rows')::bigint >= _max_seal);
+        -- More holds wait when this run released some and expired ones are still pending: the
+        -- batch was full, or holds a settlement had locked were skipped while others past the
+        -- batch wait (counting only a full batch left those for the next interval). A run that
+        -- released none ends the round, so a hold locked for long does not keep it going.
+        'more', (_holds > 0 AND EXISTS (SELECT FROM ledger.holds
+                                         WHERE status = 'pending' AND expires_at <= now()))
+                OR (_audit ->> 'sealed_rows')::bigint >= _max_seal);
 END
 $$;
 
@@ -46,6 +52,7 @@ GRANT EXECUTE ON FUNCTION api.run_maintenance(text, uuid, text, inet) TO atp_app
 COMMENT ON FUNCTION api.run_maintenance(text, uuid, text, inet) IS
 'Runs every scheduled job once: rate-limit bucket cleanup, idempotency expiry, audit sealing (100,000 rows at most),
 expired holds released (1,000 at most), and last (a partition it makes stays locked until the commit) partitions
-three months ahead. more is true when sealing or holds stopped at their limit. The service runs it every minute,
+three months ahead. more is true when sealing stopped at its limit, or when holds were released and expired ones are
+still pending. The service runs it every minute,
 and again at once while more is true. Needs an admin key, or a keyless call from atp_dba or atp_app.
 Example: SELECT api.run_maintenance();';
