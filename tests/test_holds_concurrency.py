@@ -31,6 +31,19 @@ from test_concurrency import (
 from financeatp.maintenance import run_maintenance
 
 
+def create_holds(
+    dba: psycopg.Connection, senders: list[uuid.UUID], receiver: uuid.UUID, count: int
+) -> None:
+    """count holds of 1 ATP to receiver, from the senders in turn, in one statement."""
+    dba.execute(
+        "SELECT count(*) FROM generate_series(0, %(n)s - 1) n, LATERAL api.create_hold("
+        " from_user_id => (%(s)s::uuid[])[n %% cardinality(%(s)s::uuid[]) + 1],"
+        " to_user_id => %(r)s, amount => 1,"
+        " request_user_id => (%(s)s::uuid[])[n %% cardinality(%(s)s::uuid[]) + 1]) h",
+        {"n": count, "s": senders, "r": receiver},
+    )
+
+
 def held_and_balance(dba: psycopg.Connection, user: uuid.UUID) -> tuple[Decimal, Decimal]:
     row = dba.execute(
         """SELECT b.held, b.balance
@@ -355,12 +368,7 @@ def test_the_scheduler_releases_a_backlog_of_holds_a_batch_per_transaction(dba, 
     goes in three, well within one interval."""
     users = make_users(dba, 21, "hold_backlog", mint=Decimal(1000))
     senders, receiver = users[:20], users[20]
-    dba.execute(
-        "SELECT count(*) FROM generate_series(0, 2000) n, LATERAL api.create_hold("
-        " from_user_id => (%(s)s::uuid[])[n %% 20 + 1], to_user_id => %(r)s, amount => 1,"
-        " request_user_id => (%(s)s::uuid[])[n %% 20 + 1]) h",
-        {"s": senders, "r": receiver},
-    )
+    create_holds(dba, senders, receiver, 2001)
     dba.execute(
         "UPDATE ledger.holds SET expires_at = now() - interval '1 second' WHERE to_user_id = %s",
         (receiver,),
@@ -399,12 +407,7 @@ def test_maintenance_says_more_when_it_skipped_a_locked_hold_and_others_wait(dat
     the last two and ends the round."""
     users = make_users(dba, 11, "hold_more", mint=Decimal(1000))
     senders, receiver = users[:10], users[10]
-    dba.execute(
-        "SELECT count(*) FROM generate_series(0, 1000) n, LATERAL api.create_hold("
-        " from_user_id => (%(s)s::uuid[])[n %% 10 + 1], to_user_id => %(r)s, amount => 1,"
-        " request_user_id => (%(s)s::uuid[])[n %% 10 + 1]) h",
-        {"s": senders, "r": receiver},
-    )
+    create_holds(dba, senders, receiver, 1001)
     dba.execute(
         "UPDATE ledger.holds h SET expires_at = now() - interval '1 hour' + o.n * interval '1 ms'"
         " FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM ledger.holds"

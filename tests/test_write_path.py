@@ -65,6 +65,15 @@ def function_calls(conn: psycopg.Connection) -> dict[str, int]:
     return dict(rows)
 
 
+def called_between(before: dict[str, int], after: dict[str, int]) -> list[tuple[str, int]]:
+    """The functions called between two readings of function_calls, with how often."""
+    return sorted(
+        (name, calls - before.get(name, 0))
+        for name, calls in after.items()
+        if calls != before.get(name)
+    )
+
+
 def counted(
     dba: psycopg.Connection, app_url: str, run: Callable[[psycopg.Connection], None]
 ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
@@ -80,11 +89,7 @@ def counted(
         run(app)
         after = function_calls(app)
         app.commit()
-    functions = sorted(
-        (name, calls - before.get(name, 0))
-        for name, calls in after.items()
-        if calls != before.get(name)
-    )
+    functions = called_between(before, after)
     nested = dba.execute(
         "SELECT query, calls FROM pg_stat_statements WHERE NOT toplevel ORDER BY query"
     ).fetchall()
@@ -169,12 +174,7 @@ def test_expiring_holds_runs_the_same_statements_for_two_holds_as_for_thirty(dba
             dba.execute("SELECT pg_stat_statements_reset()")
             before = function_calls(app)
             assert app.execute("SELECT api.expire_holds()").fetchone() == (holds,)
-            after = function_calls(app)
-            functions = sorted(
-                (name, calls - before.get(name, 0))
-                for name, calls in after.items()
-                if calls != before.get(name)
-            )
+            functions = called_between(before, function_calls(app))
             nested = dba.execute(
                 "SELECT sum(calls) FROM pg_stat_statements WHERE NOT toplevel"
             ).fetchone()
