@@ -52,8 +52,11 @@ def checkout() -> Iterator[Path]:
 
 
 def environment(**extra: str) -> dict[str, str]:
+    """This environment without the database settings; VENV (which the Makefile reads from the
+    environment too) is this checkout's, for the `make migrate` that `python app.py run` calls
+    when no make started it: else that make would install a virtualenv into the copy."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PGPORT", "MAKEFLAGS")}
-    return env | extra
+    return env | {"VENV": str(ROOT / ".venv")} | extra
 
 
 def make(checkout: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
