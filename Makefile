@@ -52,10 +52,14 @@ deps:
 	fi
 	@command -v initdb >/dev/null || { echo "PostgreSQL server binaries not found (Debian: apt-get install postgresql-15)"; exit 1; }
 
+# Test modules run side by side, one worker per core (at most 4), each with its own cluster; a
+# module stays on one worker (--dist loadfile), so its fixtures and its order hold.
+# TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= auto
 test: $(STAMP) deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses=4 --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
