@@ -40,11 +40,16 @@ def error_response(
     headers: Mapping[str, str] | None = None,
     fields: Mapping[str, Any] | None = None,
 ) -> Response:
-    # The Error schema's order: error and message first, then the fields (index, retry_after).
+    body = error_body(error, message, fields)
+    return Response(body, status, headers=dict(headers or {}), media_type=JSON)
+
+
+def error_body(error: str, message: str, fields: Mapping[str, Any] | None = None) -> bytes:
+    """The Error schema's JSON, in its order: error and message first, then the fields (index,
+    retry_after)."""
     content: dict[str, Any] = {"error": error, "message": message}
     content |= {key: value for key, value in (fields or {}).items() if key not in content}
-    body = json.dumps(content, ensure_ascii=False)
-    return Response(body, status, headers=dict(headers or {}), media_type=JSON)
+    return json.dumps(content, ensure_ascii=False).encode()
 
 
 def invalid(message: str) -> ApiError:

@@ -27,14 +27,16 @@ HTTP_ERRORS: tuple[ErrorCode, ...] = (
     ErrorCode(None, 400, "invalid_request", "Or the request's shape is wrong: malformed JSON, "
               "a number where an amount string belongs, an amount not in plain decimal notation, "
               "a time that is not RFC 3339, an unknown field, a malformed UUID, a missing "
-              "Idempotency-Key header, a chunked body. A "
+              "Idempotency-Key header, a chunked body, a request that is not HTTP/1.1, a request "
+              "line and headers over 16 KB (the connection is closed). A "
               "request with an unknown key is 401, with a key that lacks the permission 403, and "
               "with a key over its rate limit 429, before its shape is judged."),
     ErrorCode(None, 404, "not_found", "Or there is no such route."),
     ErrorCode(None, 405, "method_not_allowed", "The route exists, the method does not."),
     ErrorCode(None, 413, "payload_too_large", "The body is larger than MAX_BODY_BYTES."),
-    ErrorCode(None, 503, "unavailable", "The database cannot be reached or every connection is "
-              "busy; retry after Retry-After seconds."),
+    ErrorCode(None, 503, "unavailable", "The database cannot be reached, every connection is "
+              "busy, or the server holds as many connections and requests as it takes; retry "
+              "after Retry-After seconds."),
 )  # fmt: skip
 
 

@@ -18,6 +18,7 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from financeatp.observe import LOG_CONFIG
+from financeatp.protocol import HttpProtocol
 
 log = logging.getLogger("financeatp")
 
@@ -93,6 +94,7 @@ def serve(host: str, port: int, workers: int) -> None:
         port=port,
         workers=workers,
         log_config=LOG_CONFIG,
+        http=HttpProtocol,  # httptools, with the contract's answers for what uvicorn refuses
         access_log=False,
         server_header=False,
         proxy_headers=proxies is not None,

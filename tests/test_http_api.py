@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import socket
 import threading
 import time
@@ -964,6 +965,46 @@ def test_a_chunked_body_is_refused_so_trailers_cannot_act_as_headers(
     )  # fmt: skip
     expect_error(streamed, 400, "invalid_request")
     assert api.balance(admin_key, alice) == "5.00000000"
+
+
+def test_what_uvicorn_refuses_is_answered_in_the_contracts_shape(api: Api) -> None:
+    """uvicorn answers a request it cannot parse itself, before the application; that answer is
+    the contract's JSON 400 with the headers of every other answer, logged with its correlation
+    id. A request line and headers over 16 KB are refused the same way (uvicorn's httptools
+    protocol read a head of any size): sent at once, or sent on and on without an end."""
+    too_large = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 17_000 + b"\r\n\r\n"
+    for request, message in (
+        (b"GARBAGE\r\n\r\n", "not valid HTTP/1.1"),
+        (b"GET /healthz HTTP/1.1\r\nHost x\r\n\r\n", "not valid HTTP/1.1"),
+        (too_large, "over 16384 bytes"),
+    ):
+        answer = raw_http(api.server.url, request)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), answer[:300]
+        headers = head.lower()
+        assert b"content-type: application/json" in headers, head
+        assert b"x-content-type-options: nosniff" in headers and b"connection: close" in headers
+        assert (json.loads(body)["error"], message in json.loads(body)["message"]) == (
+            "invalid_request", True), body  # fmt: skip
+        correlation_id = re.search(rb"x-correlation-id: ([0-9a-f-]{36})", headers)
+        assert correlation_id is not None, head
+        assert correlation_id.group(1).decode() in api.server.log_text()
+    under = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 15_000 + b"\r\n\r\n"
+    assert raw_http(api.server.url, under).startswith(b"HTTP/1.1 200 ")
+
+    host, port = api.server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent = 0
+        while sent < 1_000_000 and not select.select([conn], [], [], 0.005)[0]:
+            try:
+                conn.sendall(b"a" * 1024)
+            except OSError:
+                break  # closed by the server: its answer is waiting
+            sent += 1024
+        answer = conn.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"over 16384 bytes" in answer, answer[:300]
+    assert sent < 64 * 1024, f"the server read {sent} bytes of an unfinished head"
 
 
 def test_a_client_gone_before_its_body_arrived_calls_nothing(api: Api, admin_key: str) -> None:

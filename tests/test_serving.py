@@ -1,24 +1,30 @@
 """How financeatp.serving serves. The listening socket it binds: every connection the workers
 accept from it answers a keep-alive request at once. asyncio sets TCP_NODELAY only on sockets
 whose proto is IPPROTO_TCP, and without it each response waits 40 ms (Nagle against delayed
-ACKs). Shown on the accepted connection's own socket option, not with a clock. And its workers:
-they stop when their supervisor is gone."""
+ACKs). Shown on the accepted connection's own socket option, not with a clock. Its workers:
+they stop when their supervisor is gone. And its protocol's answer over the concurrency limit."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import uvicorn
 from conftest import Cluster, url
 from http_fixtures import drop_database, fresh_database, start_server
 
 from financeatp.pgcluster import free_port, port_is_free
+from financeatp.protocol import HttpProtocol
 from financeatp.serving import TcpConfig
 
 
@@ -84,3 +90,65 @@ def test_workers_stop_when_their_supervisor_is_killed(cluster: Cluster, tmp_path
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         drop_database(cluster, name)
+
+
+async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+@contextlib.contextmanager
+def uvicorn_serving(limit_concurrency: int) -> Iterator[int]:
+    """uvicorn with financeatp's protocol, as serve() configures it, in a thread of this
+    process, in front of an application that says hello; yields its port."""
+    port = free_port()
+    config = TcpConfig(
+        hello, host="127.0.0.1", port=port, http=HttpProtocol, lifespan="off",
+        limit_concurrency=limit_concurrency, log_config=None,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.started
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_over_the_concurrency_limit_the_answer_is_the_contracts_503() -> None:
+    """uvicorn's own answer over limit_concurrency was a plain-text 503; the contract's is JSON
+    with Retry-After. Each connection counts toward the limit: with a limit of 1, the first
+    connection is already at it."""
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    with uvicorn_serving(limit_concurrency=1) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(request)
+            answer = read_answer(conn)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 "), answer
+    headers = head.lower()
+    assert b"content-type: application/json" in headers and b"retry-after: 1" in headers, head
+    assert b"x-correlation-id: " in headers and b"connection: close" in headers, head
+    assert json.loads(body)["error"] == "unavailable", body
+    with uvicorn_serving(limit_concurrency=2) as port:  # under the limit: the application answers
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(request)
+            assert read_answer(conn).startswith(b"HTTP/1.1 200 "), "not the application's"
+
+
+def read_answer(conn: socket.socket) -> bytes:
+    answer = b""
+    while chunk := conn.recv(65536):
+        answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length: *([0-9]+)", head)
+        if length and len(body) >= int(length.group(1)):
+            break
+    return answer

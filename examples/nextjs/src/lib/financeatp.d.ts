@@ -908,7 +908,7 @@ export interface components {
         };
     };
     responses: {
-        /** @description invalid_request: The request is malformed or a value breaks a rule. Or the request's shape is wrong: malformed JSON, a number where an amount string belongs, an amount not in plain decimal notation, a time that is not RFC 3339, an unknown field, a malformed UUID, a missing Idempotency-Key header, a chunked body. A request with an unknown key is 401, with a key that lacks the permission 403, and with a key over its rate limit 429, before its shape is judged.; insufficient_balance: The paying wallet holds less than the amount.; account_frozen: A wallet of the transaction is frozen.; balance_limit_exceeded: A balance would exceed 1,000,000,000,000 ATP (or the total issued its bound, 9,999,999,999,999.99999999).; refund_exceeds_transfer: The refunds of a transfer would add up to more than the transfer. */
+        /** @description invalid_request: The request is malformed or a value breaks a rule. Or the request's shape is wrong: malformed JSON, a number where an amount string belongs, an amount not in plain decimal notation, a time that is not RFC 3339, an unknown field, a malformed UUID, a missing Idempotency-Key header, a chunked body, a request that is not HTTP/1.1, a request line and headers over 16 KB (the connection is closed). A request with an unknown key is 401, with a key that lacks the permission 403, and with a key over its rate limit 429, before its shape is judged.; insufficient_balance: The paying wallet holds less than the amount.; account_frozen: A wallet of the transaction is frozen.; balance_limit_exceeded: A balance would exceed 1,000,000,000,000 ATP (or the total issued its bound, 9,999,999,999,999.99999999).; refund_exceeds_transfer: The refunds of a transfer would add up to more than the transfer. */
         E400: {
             headers: {
                 "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
@@ -989,7 +989,7 @@ export interface components {
                 "application/json": components["schemas"]["Error"];
             };
         };
-        /** @description unavailable: The database cannot be reached or every connection is busy; retry after Retry-After seconds. */
+        /** @description unavailable: The database cannot be reached, every connection is busy, or the server holds as many connections and requests as it takes; retry after Retry-After seconds. */
         E503: {
             headers: {
                 "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
