@@ -38,17 +38,29 @@ $$
 """
 
 
+# A test cluster holds about 90 MB at its largest; a container's /dev/shm may be 64 MB.
+MEMORY = Path("/dev/shm")  # noqa: S108 (mkdtemp below: a new directory of our own)
+MEMORY_NEEDED = 1 << 30
+
+
+def memory_has_room() -> bool:
+    try:
+        return os.access(MEMORY, os.W_OK) and shutil.disk_usage(MEMORY).free >= MEMORY_NEEDED
+    except OSError:
+        return False
+
+
 class Cluster(testing.postgresql.Postgresql):
     """testing.postgresql, made to work as root too, with a UTF-8 cluster, in memory (/dev/shm)
-    where the machine has it: every test creates a database from the template and drops it, a
-    thousand files each time, and on a disk's file system creating them is most of the cost."""
+    where the machine has a gigabyte there: every test creates a database from the template and
+    drops it, a thousand files each time, and on a disk's file system creating them is most of
+    the cost. Elsewhere in the temporary directory, as testing.postgresql puts it."""
 
     def __init__(self, **settings: object) -> None:
-        memory = Path("/dev/shm")  # noqa: S108 (mkdtemp below: a new directory of our own)
-        if "base_dir" in settings or not (memory.is_dir() and os.access(memory, os.W_OK)):
+        if "base_dir" in settings or not memory_has_room():
             super().__init__(**settings)
             return
-        base_dir = tempfile.mkdtemp(prefix="atp-test-", dir=memory)
+        base_dir = tempfile.mkdtemp(prefix="atp-test-", dir=MEMORY)
         try:
             super().__init__(base_dir=base_dir, **settings)
         except BaseException:
