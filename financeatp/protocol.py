@@ -1,10 +1,10 @@
 """HTTP/1.1 as uvicorn's httptools protocol speaks it, with its own answers in the contract's
-shape. uvicorn answers three things before any application sees the request: a request that is
-not HTTP/1.1 (400), and one over its concurrency limit (503), both in plain text; and it reads a
-request line and headers of any size (its httptools protocol has no limit, so a client could
-make a worker hold megabytes per connection). Here each is answered with the contract's JSON
-error body and the headers every other answer carries, and a head over MAX_HEAD_BYTES is
-refused as nginx refuses one over its buffers: 400, and the connection closed."""
+shape. Before any application sees a request, uvicorn answers two itself, in plain text: one that
+is not HTTP/1.1 (400) and one over its concurrency limit (503); and it reads a request line and
+headers of any size (its httptools protocol has no limit, so a client could make a worker hold
+megabytes per connection). Here both answers are the contract's JSON error body with the headers
+every other answer carries, and a head over MAX_HEAD_BYTES is refused as nginx refuses one over
+its buffers: 400, and the connection closed."""
 
 from __future__ import annotations
 
@@ -32,16 +32,15 @@ class HeadTooLarge(httptools.HttpParserError):
     uvicorn answers an HttpParserError with send_400_response."""
 
 
-def error_head(status: int, reason: bytes, body: bytes, correlation_id: str) -> list[bytes]:
-    headers = [
-        b"HTTP/1.1 %d %s\r\n" % (status, reason),
-        b"content-type: " + JSON.encode() + b"\r\n",
-        b"content-length: %d\r\n" % len(body),
-        b"connection: close\r\n",
+def error_headers(body: bytes, correlation_id: str) -> list[tuple[bytes, bytes]]:
+    """The headers of an answer the protocol gives itself, after which it closes the connection."""
+    return [
+        (b"content-type", JSON.encode()),
+        (b"content-length", b"%d" % len(body)),
+        (b"connection", b"close"),
+        *SAFETY_HEADERS,
+        (b"x-correlation-id", correlation_id.encode()),
     ]
-    headers += [name + b": " + value + b"\r\n" for name, value in SAFETY_HEADERS]
-    headers.append(b"x-correlation-id: " + correlation_id.encode() + b"\r\n")
-    return headers
 
 
 async def busy(scope: Scope, receive: Receive, send: Send) -> None:
@@ -49,14 +48,7 @@ async def busy(scope: Scope, receive: Receive, send: Send) -> None:
     correlation_id = new_correlation_id()
     log.warning(BUSY, extra={"fields": {"status": 503, "correlation_id": correlation_id}})
     body = error_body("unavailable", BUSY)
-    headers = [
-        (b"content-type", JSON.encode()),
-        (b"content-length", b"%d" % len(body)),
-        (b"connection", b"close"),
-        (b"retry-after", b"1"),
-        *SAFETY_HEADERS,
-        (b"x-correlation-id", correlation_id.encode()),
-    ]
+    headers = [*error_headers(body, correlation_id), (b"retry-after", b"1")]
     await send({"type": "http.response.start", "status": 503, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -132,11 +124,9 @@ class HttpProtocol(HttpToolsProtocol):
         fields = {"status": 400, "correlation_id": correlation_id, "client": self.client_host()}
         log.warning(self.refusal, extra={"fields": fields})
         body = error_body("invalid_request", self.refusal)
-        head = error_head(400, b"Bad Request", body, correlation_id)
-        defaults = [
-            name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
-        ]
-        self.transport.write(b"".join([*head, *defaults, b"\r\n", body]))
+        headers = [*error_headers(body, correlation_id), *self.server_state.default_headers]
+        lines = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+        self.transport.write(b"HTTP/1.1 400 Bad Request\r\n" + lines + b"\r\n" + body)
         self.transport.close()
 
     def client_host(self) -> str:
