@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -65,6 +67,19 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+def read_answer(conn: socket.socket) -> bytes:
+    """An HTTP answer's head and body from a socket, read until its Content-Length is complete
+    or the server closes."""
+    answer = b""
+    while chunk := conn.recv(65536):
+        answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length: *([0-9]+)", head)
+        if length and len(body) >= int(length.group(1)):
+            break
+    return answer
 
 
 def start_server(database_url: str, log_path: Path, **env: str) -> Server:

@@ -20,7 +20,7 @@ import httpx
 import psycopg
 import pytest
 from conftest import TEMPLATE, Cluster, key_hash, url
-from http_fixtures import Api, cluster_log, serve_fresh_database, start_server
+from http_fixtures import Api, cluster_log, read_answer, serve_fresh_database, start_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from financeatp.operations import OPERATIONS, Operation
@@ -924,14 +924,7 @@ def raw_http(server_url: str, request: bytes) -> bytes:
     host, port = server_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as conn:
         conn.sendall(request)
-        answer = b""
-        while chunk := conn.recv(65536):
-            answer += chunk
-            head, _, body = answer.partition(b"\r\n\r\n")
-            length = re.search(rb"(?im)^content-length: *([0-9]+)", head)
-            if length and len(body) >= int(length.group(1)):
-                break
-        return answer
+        return read_answer(conn)
 
 
 def test_a_chunked_body_is_refused_so_trailers_cannot_act_as_headers(

@@ -21,7 +21,7 @@ from typing import Any
 
 import uvicorn
 from conftest import Cluster, url
-from http_fixtures import drop_database, fresh_database, start_server
+from http_fixtures import drop_database, fresh_database, read_answer, start_server
 
 from financeatp.pgcluster import free_port, port_is_free
 from financeatp.protocol import HttpProtocol
@@ -141,14 +141,3 @@ def test_over_the_concurrency_limit_the_answer_is_the_contracts_503() -> None:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
             conn.sendall(request)
             assert read_answer(conn).startswith(b"HTTP/1.1 200 "), "not the application's"
-
-
-def read_answer(conn: socket.socket) -> bytes:
-    answer = b""
-    while chunk := conn.recv(65536):
-        answer += chunk
-        head, _, body = answer.partition(b"\r\n\r\n")
-        length = re.search(rb"(?im)^content-length: *([0-9]+)", head)
-        if length and len(body) >= int(length.group(1)):
-            break
-    return answer
