@@ -32,6 +32,9 @@ HTTP_ERRORS: tuple[ErrorCode, ...] = (
               "request with an unknown key is 401, with a key that lacks the permission 403, and "
               "with a key over its rate limit 429, before its shape is judged."),
     ErrorCode(None, 404, "not_found", "Or there is no such route."),
+    ErrorCode(None, 408, "request_timeout", "The request line and headers did not all arrive "
+              "within 60 seconds of the connection or of the request's first byte; the "
+              "connection is closed."),
     ErrorCode(None, 405, "method_not_allowed", "The route exists, the method does not."),
     ErrorCode(None, 413, "payload_too_large", "The body is larger than MAX_BODY_BYTES."),
     ErrorCode(None, 503, "unavailable", "The database cannot be reached, every connection is "

@@ -95,17 +95,20 @@ def test_workers_stop_when_their_supervisor_is_killed(cluster: Cluster, tmp_path
 async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
-    await send({"type": "http.response.start", "status": 200, "headers": []})
+    headers = [(b"content-length", b"5")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": b"hello"})
 
 
 @contextlib.contextmanager
-def uvicorn_serving(limit_concurrency: int) -> Iterator[int]:
+def uvicorn_serving(
+    limit_concurrency: int = 2048, protocol: type[HttpProtocol] = HttpProtocol
+) -> Iterator[int]:
     """uvicorn with financeatp's protocol, as serve() configures it, in a thread of this
     process, in front of an application that says hello; yields its port."""
     port = free_port()
     config = TcpConfig(
-        hello, host="127.0.0.1", port=port, http=HttpProtocol, lifespan="off",
+        hello, host="127.0.0.1", port=port, http=protocol, lifespan="off",
         limit_concurrency=limit_concurrency, log_config=None,
     )  # fmt: skip
     server = uvicorn.Server(config)
@@ -141,3 +144,31 @@ def test_over_the_concurrency_limit_the_answer_is_the_contracts_503() -> None:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
             conn.sendall(request)
             assert read_answer(conn).startswith(b"HTTP/1.1 200 "), "not the application's"
+
+
+class QuickHead(HttpProtocol):
+    head_seconds = 0.5
+
+
+def test_a_head_not_finished_in_time_is_answered_408_and_closed() -> None:
+    """uvicorn waited for ever for a head begun and not finished, and for a new connection that
+    sends nothing: each held the connection (and counted toward the concurrency limit) for
+    good. A head now has head_seconds from the connection or from its first byte; a connection
+    that has had its head waits for its next request as uvicorn's keep-alive timeout says."""
+    with uvicorn_serving(protocol=QuickHead) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # no blank line: never finished
+            answer = read_answer(conn)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), answer
+        assert b"content-type: application/json" in head.lower(), head
+        assert json.loads(body)["error"] == "request_timeout", body
+
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            assert conn.recv(100) == b"", "a connection that sent nothing stays open"
+
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            for _ in range(2):  # the second request after more than head_seconds of quiet
+                conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert read_answer(conn).startswith(b"HTTP/1.1 200 "), "not the application's"
+                time.sleep(QuickHead.head_seconds * 2)

@@ -585,7 +585,7 @@ export interface components {
     schemas: {
         Error: {
             /** @enum {string} */
-            error: "account_frozen" | "append_only" | "balance_limit_exceeded" | "balance_not_zero" | "hold_not_pending" | "idempotency_conflict" | "insufficient_balance" | "invalid_api_key" | "invalid_request" | "method_not_allowed" | "not_found" | "payload_too_large" | "pending_holds" | "permission_denied" | "rate_limit_exceeded" | "refund_exceeds_transfer" | "unauthorized_transfer" | "unavailable" | "user_exists" | "user_not_found" | "version_conflict";
+            error: "account_frozen" | "append_only" | "balance_limit_exceeded" | "balance_not_zero" | "hold_not_pending" | "idempotency_conflict" | "insufficient_balance" | "invalid_api_key" | "invalid_request" | "method_not_allowed" | "not_found" | "payload_too_large" | "pending_holds" | "permission_denied" | "rate_limit_exceeded" | "refund_exceeds_transfer" | "request_timeout" | "unauthorized_transfer" | "unavailable" | "user_exists" | "user_not_found" | "version_conflict";
             message: string;
             /** @description a batch's failing leg (0-based), when one leg failed it */
             index?: number;
@@ -950,6 +950,16 @@ export interface components {
         };
         /** @description method_not_allowed: The route exists, the method does not. */
         E405: {
+            headers: {
+                "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"];
+            };
+        };
+        /** @description request_timeout: The request line and headers did not all arrive within 60 seconds of the connection or of the request's first byte; the connection is closed. */
+        E408: {
             headers: {
                 "X-Correlation-Id": components["headers"]["X-Correlation-Id"];
                 [name: string]: unknown;
