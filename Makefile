@@ -24,6 +24,7 @@ help:
 	@echo "make lint     ruff check and format check; make format rewrites the files"
 	@echo "make bench   throughput and latency against the machine's limit (bench/README.md)"
 	@echo "make bench-ablation  what each part of api.transfer costs in PostgreSQL CPU"
+	@echo "make bench-instructions  CPU instructions per call of a transfer and its statements (valgrind), for changes timings cannot resolve"
 	@echo "make bench-month-turn  transfers and history reads through midnight of a month's last day"
 	@echo "make backup-drill  pgBackRest backup, WAL archiving, restore to a timestamp, ledger verified"
 	@echo "make faults  bank workload over HTTP with PostgreSQL and server workers killed (bench/faults.py)"
@@ -139,6 +140,20 @@ bench-ablation: $(STAMP)
 	@command -v initdb >/dev/null || { echo "PostgreSQL server binaries not found (Debian: apt-get install postgresql-15)"; exit 1; }
 	BENCH_ABLATION_SECONDS=$(BENCH_ABLATION_SECONDS) BENCH_ABLATION_CLIENTS=$(BENCH_ABLATION_CLIENTS) \
 	    BENCH_ABLATION_ROUNDS=$(BENCH_ABLATION_ROUNDS) PG_BINDIR=$(PG_BINDIR) $(PY) bench/ablation.py
+
+# CPU instructions per call of api.transfer, its statements and a balance read, counted by
+# valgrind's callgrind in a single-user backend (bench/instructions.py): deterministic where timings
+# on this VM move by a third. Its own temporary PostgreSQL; writes bench/out/instructions.md and .json.
+BENCH_INSTRUCTIONS_CALLS ?= 300
+
+.PHONY: bench-instructions
+bench-instructions: $(STAMP)
+	@command -v valgrind >/dev/null || { \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        apt-get install -y -qq valgrind >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq valgrind >/dev/null); \
+	    else echo "valgrind is missing: install it (Debian: sudo apt-get install valgrind)"; exit 1; fi; }
+	@command -v initdb >/dev/null || { echo "PostgreSQL server binaries not found (Debian: apt-get install postgresql-15)"; exit 1; }
+	BENCH_INSTRUCTIONS_CALLS=$(BENCH_INSTRUCTIONS_CALLS) PG_BINDIR=$(PG_BINDIR) $(PY) bench/instructions.py
 
 # Transfers and history reads through midnight of a month's last day (bench/month_turn.py): its
 # own temporary PostgreSQL under libfaketime, pgbench; not part of `make test`.
