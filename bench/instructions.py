@@ -107,14 +107,20 @@ def script(side: str, name: str, calls: int, users: int, key_hash: str) -> Path:
 
 
 def count(cluster: harness.Cluster, sql: Path, out: Path) -> int:
-    """Instructions of one single-user backend running sql (its output checked for errors)."""
+    """Instructions of one single-user backend running sql (its output checked for errors), on a
+    copy of the cluster's data directory: every run starts from the same database (one run's dead
+    rows would make the next run's calls dearer)."""
+    copy = cluster.home / "copy"
+    cluster.run_pg("rm", "-rf", str(copy), check=True)
+    cluster.run_pg("cp", "-a", str(cluster.data), str(copy), check=True)
     command = [
         *cluster.as_pg(), "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-        cluster.tool("postgres"), "--single", "-D", str(cluster.data), "-c", "fsync=off",
+        cluster.tool("postgres"), "--single", "-D", str(copy), "-c", "fsync=off",
         "-c", "synchronous_commit=off", "-c", "log_min_messages=error", harness.DATABASE,
     ]  # fmt: skip
     with sql.open() as stdin:
         result = subprocess.run(command, stdin=stdin, capture_output=True, text=True, check=False)
+    cluster.run_pg("rm", "-rf", str(copy), check=True)
     errors = [line for line in result.stderr.splitlines() if re.search(r"\b(ERROR|FATAL)\b", line)]
     if result.returncode != 0 or errors or not out.exists():
         raise SystemExit(f"instructions: {sql.name} failed:\n{result.stderr[-3000:]}")
@@ -164,15 +170,38 @@ def measure(
     return result
 
 
+def warm(bench: harness.Bench, transfers: int) -> None:
+    """Transfers (with idempotency keys) before the counts, then VACUUM ANALYZE: on an empty
+    idempotency_keys table the planner chooses a sequential scan for lock_pair's look-up of the
+    key, which a session keeps while the table grows, so each call would read every key written
+    before it in the run (in make bench the server's sessions start after pgbench's transfers,
+    and autovacuum's ANALYZE of the table makes sessions plan again)."""
+    with bench.cluster.connect() as conn:
+        for n in range(transfers):
+            i, j = pair(n + 1_000_000, bench.config.users)
+            conn.execute(
+                "SELECT api.transfer(from_user_id => %s, to_user_id => %s, amount => 1,"
+                " idempotency_key => gen_random_uuid(), api_key_hash => %s, request_user_id => %s)",
+                [harness.user_id(i), harness.user_id(j), bench.key_hash, harness.user_id(i)],
+            )
+        conn.execute("VACUUM ANALYZE")
+
+
 def migrate_to(bench: harness.Bench, checkout: Path) -> None:
-    """Apply another checkout's migrations and functions to the cluster (make migrate there,
-    with this checkout's virtualenv)."""
+    """Apply another checkout's migrations and functions to the cluster (whose data directory the
+    counts leave as prepared, since they run on copies): make migrate there, with
+    this checkout's virtualenv, which it must not reinstall (its pyproject.toml is newer than the
+    virtualenv's stamp: make would install that checkout into it)."""
+    stamps = sorted((harness.ROOT / ".venv").glob(".installed-*"))
+    if not stamps:
+        raise SystemExit("instructions: no virtualenv stamp in .venv (run make venv)")
     bench.cluster.start()
-    command = ["make", "--no-print-directory", "migrate", f"DATABASE_URL={bench.cluster.url()}",
-               f"VENV={harness.ROOT / '.venv'}"]  # fmt: skip
+    command = ["make", "--no-print-directory", "-o", str(stamps[0]), "migrate",
+               f"DATABASE_URL={bench.cluster.url()}", f"VENV={harness.ROOT / '.venv'}",
+               f"STAMP={stamps[0]}"]  # fmt: skip
     result = subprocess.run(command, cwd=checkout, check=False, capture_output=True, text=True)
     bench.cluster.stop()
-    if result.returncode != 0:
+    if result.returncode != 0 or "pip" in result.stdout:
         raise SystemExit(f"make migrate in {checkout} failed:\n{result.stdout}{result.stderr}")
 
 
@@ -241,6 +270,7 @@ def main() -> None:
         cluster = bench.cluster
         cluster.use_own_home("-instructions")
         bench.prepare()
+        warm(bench, harness.env_int("BENCH_INSTRUCTIONS_WARM", 2000))
         version = cluster.version()
         cluster.stop()  # single-user mode needs the data directory to itself
         checkouts = [("A", harness.ROOT)] + ([("B", Path(other).resolve())] if other else [])
