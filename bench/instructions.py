@@ -67,6 +67,16 @@ WORKLOADS: dict[str, tuple[str, str, str]] = {
         "('{a}', '{b}', '{key}', '{key_hash}')",
         "api.transfer as bench/db_transfer.sql calls it",
     ),
+    "transfer_http": (
+        "PREPARE w AS SELECT status, body::text, replayed FROM api.transfer(amount => $1,"
+        " api_key_hash => $2, client_addr => $3, correlation_id => $4, from_user_id => $5,"
+        " idempotency_key => $6, memo => $7, request_hash => $8, request_user_id => $9,"
+        " to_user_id => $10)",
+        "('1.00000000', '{key_hash}', '127.0.0.1', '{key}', '{a}', '{key}', 'bench', '{key_hash}',"
+        " '{a}', '{b}')",
+        "api.transfer as the server calls it for POST /transfers (the request's hash computed by"
+        " the server; its body printed by this loop)",
+    ),
     "balance": (
         "PREPARE w(uuid, text) AS SELECT api.get_balance(user_id => $1, api_key_hash => $2)",
         "('{a}', '{key_hash}')",
