@@ -10,6 +10,13 @@ STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 PG_BINDIR ?= $(shell pg_config --bindir 2>/dev/null | grep -v '^/usr/bin$$' || ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 export PATH := $(PG_BINDIR):$(PATH)
 
+# $(call apt_need,<check>,<Debian package>,<what>): run the check; if it fails, install the package
+# when we are root, else say what to install and stop (the bench's and drills' tools).
+apt_need = $(1) >/dev/null 2>&1 || { \
+    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+        apt-get install -y -qq $(2) >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq $(2) >/dev/null); \
+    else echo "$(3) is missing: install it (Debian: sudo apt-get install $(2))"; exit 1; fi; }
+
 # Functions and triggers are re-applied on every migrate, helpers first.
 SQL_FILES := $(sort $(wildcard sql/ledger/*.sql)) $(sort $(wildcard sql/api/*.sql))
 
@@ -118,10 +125,7 @@ BENCH_EVENTS ?= 5000000
 
 .PHONY: bench
 bench: $(STAMP)
-	@command -v wrk >/dev/null || { \
-	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	        apt-get install -y -qq wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null); \
-	    else echo "wrk is missing: install it (Debian: sudo apt-get install wrk)"; exit 1; fi; }
+	@$(call apt_need,command -v wrk,wrk,wrk)
 	@command -v initdb >/dev/null || { echo "PostgreSQL server binaries not found (Debian: apt-get install postgresql-15)"; exit 1; }
 	@$(PY) -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/pip install --quiet -e '.[dev,bench]'
 	BENCH_SECONDS=$(BENCH_SECONDS) BENCH_CONNECTIONS=$(BENCH_CONNECTIONS) BENCH_EVENTS=$(BENCH_EVENTS) \
@@ -148,10 +152,7 @@ BENCH_INSTRUCTIONS_CALLS ?= 300
 
 .PHONY: bench-instructions
 bench-instructions: $(STAMP)
-	@command -v valgrind >/dev/null || { \
-	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	        apt-get install -y -qq valgrind >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq valgrind >/dev/null); \
-	    else echo "valgrind is missing: install it (Debian: sudo apt-get install valgrind)"; exit 1; fi; }
+	@$(call apt_need,command -v valgrind,valgrind,valgrind)
 	@command -v initdb >/dev/null || { echo "PostgreSQL server binaries not found (Debian: apt-get install postgresql-15)"; exit 1; }
 	BENCH_INSTRUCTIONS_CALLS=$(BENCH_INSTRUCTIONS_CALLS) PG_BINDIR=$(PG_BINDIR) $(PY) bench/instructions.py
 
@@ -159,10 +160,7 @@ bench-instructions: $(STAMP)
 # own temporary PostgreSQL under libfaketime, pgbench; not part of `make test`.
 .PHONY: bench-month-turn
 bench-month-turn: $(STAMP)
-	@ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || { \
-	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	        apt-get install -y -qq faketime >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq faketime >/dev/null); \
-	    else echo "libfaketime is missing: install it (Debian: sudo apt-get install faketime)"; exit 1; fi; }
+	@$(call apt_need,ls /usr/lib/*/faketime/libfaketime.so.1,faketime,libfaketime)
 	@command -v initdb >/dev/null || { echo "PostgreSQL server binaries not found (Debian: apt-get install postgresql-15)"; exit 1; }
 	BENCH_CONNECTIONS=$(BENCH_CONNECTIONS) PG_BINDIR=$(PG_BINDIR) $(PY) bench/month_turn.py
 
@@ -171,10 +169,7 @@ bench-month-turn: $(STAMP)
 # and repository; not part of `make test`. Writes bench/out/backup_drill.json.
 .PHONY: backup-drill
 backup-drill: $(STAMP)
-	@command -v pgbackrest >/dev/null || { \
-	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	        apt-get install -y -qq pgbackrest >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq pgbackrest >/dev/null); \
-	    else echo "pgBackRest is missing: install it (Debian: sudo apt-get install pgbackrest)"; exit 1; fi; }
+	@$(call apt_need,command -v pgbackrest,pgbackrest,pgBackRest)
 	@command -v initdb >/dev/null || { echo "PostgreSQL server binaries not found (Debian: apt-get install postgresql-15)"; exit 1; }
 	PG_BINDIR=$(PG_BINDIR) $(PY) bench/backup_drill.py
 
