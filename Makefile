@@ -148,6 +148,8 @@ bench-ablation: $(STAMP)
 # CPU instructions per call of api.transfer, its statements and a balance read, counted by
 # valgrind's callgrind in a single-user backend (bench/instructions.py): deterministic where timings
 # on this VM move by a third. Its own temporary PostgreSQL; writes bench/out/instructions.md and .json.
+# BENCH_INSTRUCTIONS_ONLY=transfer,... picks workloads; BENCH_INSTRUCTIONS_B=<another checkout> counts
+# that checkout's SQL too, on the same prepared cluster (an A/B).
 BENCH_INSTRUCTIONS_CALLS ?= 300
 
 .PHONY: bench-instructions

@@ -1,14 +1,17 @@
 """`make bench-instructions`: CPU instructions per call, counted, not timed.
 
 On a virtual machine whose CPU speed moves by a third from one minute to the next, a change worth
-a few percent of a transfer cannot be seen in timings (bench/README.md). Instructions can: a
-cluster prepared as `make bench` prepares it (migrated, the users, the API key), then, with the
-server stopped, one backend in single-user mode (`postgres --single`) under valgrind's callgrind
-runs each workload's prepared statement n times and then 3n times; the difference of the two
-counts over 2n is the instructions of one call, with the backend's start and the first calls'
-planning subtracted out. fsync is off in those backends: the count is the CPU work of a call,
-not its wait for the disk. For the transfer it also lists the functions that take most of them
-(inclusive). Writes bench/out/instructions.md and bench/out/instructions.json.
+a few percent of a transfer cannot be seen in timings (bench/README.md). Instructions can. A
+cluster prepared as `make bench` prepares it (migrated, the users, the API key), 2,000 transfers
+and VACUUM ANALYZE (BENCH_INSTRUCTIONS_WARM), then, with the server stopped, for each workload
+(BENCH_INSTRUCTIONS_ONLY picks some) one backend in single-user mode (`postgres --single`, fsync
+off) under valgrind's callgrind, on a fresh copy of that data directory, executes the workload's
+prepared statement n times, and another 3n times (BENCH_INSTRUCTIONS_CALLS is n); the difference
+of the two counts over 2n is the instructions of one call, the backend's start and the first
+calls' planning subtracted out. For the transfer it also lists the functions that take most of
+them (inclusive). BENCH_INSTRUCTIONS_B=<another checkout> applies that checkout's make migrate to
+the same prepared cluster and counts again: an A/B of a change to the SQL. Writes
+bench/out/instructions.md and bench/out/instructions.json.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench as harness
 
 WORK = harness.OUT / "instructions"
-# Each workload: a PREPARE, the arguments of one EXECUTE (i: the call's number, a and b: two
-# different users as in bench/db_transfer.sql), and what it is.
+# Each workload: a PREPARE, the arguments of one EXECUTE (i and j: two different users' numbers,
+# a and b: their ids, key: an idempotency key, key_hash: the API key's hash), and what it is.
 WORKLOADS: dict[str, tuple[str, str, str]] = {
     "empty": (
         "PREPARE w(uuid) AS SELECT $1",
