@@ -10,7 +10,9 @@ prepared statement n times, and another 3n times (BENCH_INSTRUCTIONS_CALLS is n)
 of the two counts over 2n is the instructions of one call, the backend's start and the first
 calls' planning subtracted out. For the transfer it also lists the functions that take most of
 them (inclusive). BENCH_INSTRUCTIONS_B=<another checkout> applies that checkout's make migrate to
-the same prepared cluster and counts again: an A/B of a change to the SQL. Writes
+the same prepared cluster and counts again: an A/B of a change to the SQL.
+BENCH_INSTRUCTIONS_EVENTS=5000000 first seeds make bench's large store; BENCH_INSTRUCTIONS_CACHE=1
+has callgrind simulate the caches and reports their misses per call. Writes
 bench/out/instructions.md and bench/out/instructions.json.
 """
 
@@ -119,15 +121,17 @@ def script(side: str, name: str, calls: int, users: int, key_hash: str) -> Path:
     return path
 
 
-def count(cluster: harness.Cluster, sql: Path, out: Path) -> int:
-    """Instructions of one single-user backend running sql (its output checked for errors), on a
-    copy of the cluster's data directory: every run starts from the same database (one run's dead
-    rows would make the next run's calls dearer)."""
+def count(cluster: harness.Cluster, sql: Path, out: Path, cache: bool) -> dict[str, int]:
+    """Callgrind's totals (Ir: instructions; with cache, the simulated cache's misses too) of one
+    single-user backend running sql (its output checked for errors), on a copy of the cluster's
+    data directory: every run starts from the same database (one run's dead rows would make the
+    next run's calls dearer)."""
     copy = cluster.home / "copy"
     cluster.run_pg("rm", "-rf", str(copy), check=True)
     cluster.run_pg("cp", "-a", str(cluster.data), str(copy), check=True)
     command = [
         *cluster.as_pg(), "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+        f"--cache-sim={'yes' if cache else 'no'}",
         cluster.tool("postgres"), "--single", "-D", str(copy), "-c", "fsync=off",
         "-c", "synchronous_commit=off", "-c", "log_min_messages=error", harness.DATABASE,
     ]  # fmt: skip
@@ -137,10 +141,12 @@ def count(cluster: harness.Cluster, sql: Path, out: Path) -> int:
     errors = [line for line in result.stderr.splitlines() if re.search(r"\b(ERROR|FATAL)\b", line)]
     if result.returncode != 0 or errors or not out.exists():
         raise SystemExit(f"instructions: {sql.name} failed:\n{result.stderr[-3000:]}")
-    summary = re.search(r"^summary: (\d+)", out.read_text(), flags=re.MULTILINE)
-    if summary is None:
+    text = out.read_text()
+    names = re.search(r"^events: (.+)$", text, flags=re.MULTILINE)
+    summary = re.search(r"^summary: (.+)$", text, flags=re.MULTILINE)
+    if names is None or summary is None:
         raise SystemExit(f"instructions: no summary in {out}")
-    return int(summary.group(1))
+    return dict(zip(names.group(1).split(), map(int, summary.group(1).split()), strict=True))
 
 
 def inclusive(out: Path) -> dict[str, int]:
@@ -159,18 +165,25 @@ def inclusive(out: Path) -> dict[str, int]:
 
 
 def measure(
-    cluster: harness.Cluster, side: str, name: str, calls: int, users: int, key_hash: str
-) -> dict[str, Any]:
+    cluster: harness.Cluster, side: str, name: str, calls: int, users: int, key_hash: str,
+    cache: bool,
+) -> dict[str, Any]:  # fmt: skip
     short, long = calls, 3 * calls
     # In the cluster's home: the postgres user writes them.
     outs = [cluster.home / f"{side}-{name}-{n}.callgrind" for n in (short, long)]
     counts = [
-        count(cluster, script(side, name, n, users, key_hash), out)
+        count(cluster, script(side, name, n, users, key_hash), out, cache)
         for n, out in zip((short, long), outs, strict=True)
     ]
-    per_call = (counts[1] - counts[0]) / (long - short)
-    harness.say(f"instructions: {side}: {name}: {per_call:,.0f} per call")
-    result: dict[str, Any] = {"per_call": round(per_call), "counts": counts, "calls": [short, long]}
+
+    def per_call(*events: str) -> int:
+        return round(sum(counts[1][e] - counts[0][e] for e in events) / (long - short))
+
+    result: dict[str, Any] = {"per_call": per_call("Ir"), "counts": counts, "calls": [short, long]}
+    if cache:  # first-level data cache and last-level misses, reads and writes
+        result["d1_misses"] = per_call("D1mr", "D1mw")
+        result["ll_misses"] = per_call("DLmr", "DLmw")
+    harness.say(f"instructions: {side}: {name}: {result['per_call']:,} per call")
     if name == "transfer":
         first, second = inclusive(outs[0]), inclusive(outs[1])
         rows = [
@@ -224,11 +237,14 @@ def markdown(sides: dict[str, dict[str, dict[str, Any]]], header: str) -> str:
     b = sides.get("B")
     lines = ["# Instructions per call (`make bench-instructions`)", "", header, ""]
     if b is None:
-        lines += ["| workload | instructions per call | of a transfer | what it is |",
-                  "| --- | ---: | ---: | --- |"]  # fmt: skip
+        cache = all("ll_misses" in r for r in a.values())
+        extra = " simulated cache misses per call, first level / last level |" if cache else ""
+        lines += [f"| workload | instructions per call | of a transfer |{extra} what it is |",
+                  f"| --- | ---: | ---: |{' ---: |' if cache else ''} --- |"]  # fmt: skip
         for name, r in a.items():
             share = f"{r['per_call'] / transfer:.0%}" if transfer else "-"
-            lines.append(f"| {name} | {r['per_call']:,} | {share} | {WORKLOADS[name][2]} |")
+            misses = f" {r['d1_misses']:,} / {r['ll_misses']:,} |" if cache else ""
+            lines.append(f"| {name} | {r['per_call']:,} | {share} |{misses} {WORKLOADS[name][2]} |")
     else:
         lines += [
             "| workload | A: instructions per call | B | B - A |",
@@ -271,9 +287,10 @@ def main() -> None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
     calls = harness.env_int("BENCH_INSTRUCTIONS_CALLS", 300)
     other = os.environ.get("BENCH_INSTRUCTIONS_B", "").strip()
+    cache = os.environ.get("BENCH_INSTRUCTIONS_CACHE", "") not in ("", "0")
     config = dataclasses.replace(
-        harness.Config.from_env(), events=0, warmup=0, fsync_probe=0, profile=False,
-        huge_pages=False,
+        harness.Config.from_env(), events=harness.env_int("BENCH_INSTRUCTIONS_EVENTS", 0),
+        warmup=0, fsync_probe=0, profile=False, huge_pages=False,
     )  # fmt: skip
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
@@ -283,6 +300,8 @@ def main() -> None:
         cluster = bench.cluster
         cluster.use_own_home("-instructions")
         bench.prepare()
+        if config.events:  # the large store of make bench, BENCH_INSTRUCTIONS_EVENTS events
+            bench.seed_large()
         warm(bench, harness.env_int("BENCH_INSTRUCTIONS_WARM", 2000))
         version = cluster.version()
         cluster.stop()  # single-user mode needs the data directory to itself
@@ -291,7 +310,7 @@ def main() -> None:
             if side == "B":
                 migrate_to(bench, checkout)
             sides[side] = {
-                name: measure(cluster, side, name, calls, config.users, bench.key_hash)
+                name: measure(cluster, side, name, calls, config.users, bench.key_hash, cache)
                 for name in selected()
             }
     started = dt.datetime.now(dt.UTC)
@@ -300,7 +319,9 @@ def main() -> None:
         f"{started:%Y-%m-%dT%H:%M:%SZ}, {harness.machine()}; PostgreSQL {version}, one backend in "
         f"single-user mode under valgrind --tool=callgrind, {config.users:,} users; instructions "
         f"of {2 * calls} calls (the difference between runs of {calls} and {3 * calls}) per call; "
-        f"fsync and synchronous_commit off in that backend{compared if other else ''}."
+        f"fsync and synchronous_commit off in that backend"
+        f"{f'; a large store of {bench.events_in_large_store:,} events' if config.events else ''}"
+        f"{'; cache simulated (--cache-sim=yes)' if cache else ''}{compared if other else ''}."
     )
     table = markdown(sides, header)
     print(table)
@@ -310,6 +331,7 @@ def main() -> None:
         "machine": harness.machine(),
         "postgresql": version,
         "calls": calls,
+        "events": bench.events_in_large_store,
         "b": other or None,
         "sides": sides,
     }
