@@ -152,7 +152,7 @@ def count(cluster: harness.Cluster, sql: Path, out: Path, cache: bool) -> dict[s
 def inclusive(out: Path) -> dict[str, int]:
     """Function name -> inclusive instructions, from callgrind_annotate."""
     text = subprocess.run(
-        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(out)],
+        ["callgrind_annotate", "--inclusive=yes", "--show=Ir", "--threshold=100", str(out)],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     functions: dict[str, int] = {}
