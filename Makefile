@@ -120,6 +120,7 @@ api-key: $(STAMP)
 # `make test`. Writes bench/results.json, bench/results.png and the tables in bench/README.md
 # and README.md.
 BENCH_SECONDS ?= 30
+BENCH_ROUNDS ?= 3
 BENCH_CONNECTIONS ?= 16
 BENCH_EVENTS ?= 5000000
 
@@ -128,8 +129,8 @@ bench: $(STAMP)
 	@$(call apt_need,command -v wrk,wrk,wrk)
 	@command -v initdb >/dev/null || { echo "PostgreSQL server binaries not found (Debian: apt-get install postgresql-15)"; exit 1; }
 	@$(PY) -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/pip install --quiet -e '.[dev,bench]'
-	BENCH_SECONDS=$(BENCH_SECONDS) BENCH_CONNECTIONS=$(BENCH_CONNECTIONS) BENCH_EVENTS=$(BENCH_EVENTS) \
-	    PG_BINDIR=$(PG_BINDIR) $(PY) bench/bench.py
+	BENCH_SECONDS=$(BENCH_SECONDS) BENCH_ROUNDS=$(BENCH_ROUNDS) BENCH_CONNECTIONS=$(BENCH_CONNECTIONS) \
+	    BENCH_EVENTS=$(BENCH_EVENTS) PG_BINDIR=$(PG_BINDIR) $(PY) bench/bench.py
 
 # What each part of api.transfer costs in PostgreSQL CPU, alone and cumulatively (bench/ablation.py):
 # its own temporary PostgreSQL and pgbench, no HTTP; not part of `make test`. BENCH_ABLATION_DURABLE=1

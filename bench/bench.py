@@ -41,6 +41,9 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 OUT = BENCH / "out"
 DATABASE = "bench"
+# The large store lives in a database of its own, a copy of DATABASE made before the runs, so
+# that its runs can alternate with the fresh store's within each round.
+LARGE_DATABASE = "bench_large"
 API_KEY_RATE = 100_000_000  # per minute: the rate limit is measured, never hit
 MINT_PER_USER = 1_000_000
 NR_HUGEPAGES = Path("/proc/sys/vm/nr_hugepages")
@@ -56,13 +59,22 @@ FRESH_RUNS = (
 )
 LARGE_RUNS = ("http_transfer_large", "http_history_large")
 ALL_RUNS = FRESH_RUNS + LARGE_RUNS
-# Not goals and not in results.json's "runs": a request that reaches no database, so that the
-# server's CPU per request in the HTTP runs can be read against the server's own floor; and the
-# baseline once more at the end: ratios are to the better of the baseline's two runs, and the
-# second's rate over the first's is how far the machine drifted in between.
-DRIFT_RUN = "baseline_again"
-REFERENCE_RUNS = ("http_healthz", DRIFT_RUN)
+# Not a goal and not in results.json's "runs": a request that reaches no database, so that the
+# server's CPU per request in the HTTP runs can be read against the server's own floor.
+REFERENCE_RUNS = ("http_healthz",)
 KNOWN_RUNS = ALL_RUNS + REFERENCE_RUNS
+PGBENCH_RUNS = ("baseline", "db_transfer", "db_hold")
+# The order of the HTTP runs within a round: each large-store run right after its fresh-store
+# twin, so that the two are compared at the same moment of the host's phase.
+HTTP_ORDER = (
+    "http_transfer",
+    "http_transfer_large",
+    "http_transfer_hot",
+    "http_balance",
+    "http_history",
+    "http_history_large",
+    "http_healthz",
+)
 
 DESCRIPTIONS = {
     "baseline": "pgbench: lock 2 rows, update 2 balances, insert 2 entries",
@@ -75,7 +87,6 @@ DESCRIPTIONS = {
     "http_transfer_large": "wrk: POST /transfers, large store",
     "http_history_large": "wrk: GET /users/{id}/history?limit=20, large store",
     "http_healthz": "wrk: GET /healthz, no database (the server's floor)",
-    DRIFT_RUN: "pgbench: the baseline again, last (how far the machine drifted)",
 }
 
 
@@ -91,6 +102,7 @@ def env_int(name: str, default: int) -> int:
 @dataclass(frozen=True)
 class Config:
     seconds: int
+    rounds: int
     connections: int
     events: int
     users: int
@@ -113,8 +125,17 @@ class Config:
         unknown = sorted(set(only) - set(KNOWN_RUNS))
         if unknown:
             raise SystemExit(f"BENCH_ONLY: unknown runs {unknown}; known: {', '.join(KNOWN_RUNS)}")
+        profile = os.environ.get("BENCH_PROFILE", "") not in ("", "0")
+        seconds = env_int("BENCH_SECONDS", 30)
+        # A profile is one piece per run (its profilers cover one stretch of time); a piece is
+        # at least a second.
+        rounds = 1 if profile else env_int("BENCH_ROUNDS", 3)
+        if rounds < 1:
+            raise SystemExit("BENCH_ROUNDS: at least 1")
+        rounds = max(1, min(rounds, seconds))
         return cls(
-            seconds=env_int("BENCH_SECONDS", 30),
+            seconds=seconds,
+            rounds=rounds,
             connections=env_int("BENCH_CONNECTIONS", 16),
             events=env_int("BENCH_EVENTS", 5_000_000),
             users=env_int("BENCH_USERS", 10_000),
@@ -133,7 +154,7 @@ class Config:
             runs=tuple(r for r in KNOWN_RUNS if not only or r in only),
             latency=os.environ.get("BENCH_LATENCY", "wrk").strip() or "wrk",
             fsync_probe=env_int("BENCH_FSYNC_PROBE", 10),
-            profile=os.environ.get("BENCH_PROFILE", "") not in ("", "0"),
+            profile=profile,
             keep=os.environ.get("BENCH_KEEP", "") not in ("", "0"),
             huge_pages=os.environ.get("BENCH_HUGE_PAGES", "1") not in ("", "0"),
         )
@@ -143,6 +164,11 @@ class Config:
         """Every run, unprofiled: only such a run updates results.json and the README."""
         return self.runs == KNOWN_RUNS and not self.profile
 
+    @property
+    def piece(self) -> int:
+        """Seconds of each run measured in one round."""
+        return self.seconds // self.rounds
+
 
 @dataclass
 class Result:
@@ -151,6 +177,9 @@ class Result:
     p99_ms: float
     errors: int
     details: dict[str, Any] = field(default_factory=dict)
+    # wrk's latency distribution (and the Lua timer's, "raw") as equal-share quantiles in ms,
+    # so that a run's rounds can be pooled; not reported.
+    quantiles: dict[str, list[float]] = field(default_factory=dict)
 
     def cpu_ms_per_request(self, part: str) -> float | None:
         """CPU milliseconds that `part` (server, postgres) spent per request of this run."""
@@ -288,8 +317,9 @@ class Cluster(LocalCluster):
     def connect(self, database: str = DATABASE) -> psycopg.Connection[Any]:
         return psycopg.connect(self.url("postgres", database), autocommit=True)
 
-    def psql(self, *args: str, log: Path | None = None) -> str:
-        command = [self.tool("psql"), self.url(), "-X", "-v", "ON_ERROR_STOP=1", *args]
+    def psql(self, *args: str, log: Path | None = None, database: str = DATABASE) -> str:
+        command = [self.tool("psql"), self.url(database=database), "-X", "-v", "ON_ERROR_STOP=1",
+                   *args]  # fmt: skip
         result = subprocess.run(command, check=False, capture_output=True, text=True)
         if log is not None:
             log.write_text(result.stdout + result.stderr)
@@ -337,12 +367,15 @@ class Server:
     bench/out/server.log, with the resident memory of its processes sampled while it runs."""
 
     def __init__(
-        self, cluster: Cluster, workers: int, checkout: Path = ROOT, socket: bool = False
-    ) -> None:
+        self, cluster: Cluster, workers: int, checkout: Path = ROOT, socket: bool = False,
+        database: str = DATABASE, log_name: str = "server.log",
+    ) -> None:  # fmt: skip
         self.cluster = cluster
         self.workers = workers
         self.checkout = checkout  # bench/ab_http.py serves another version of app.py
         self.socket = socket  # the Unix socket to PostgreSQL, or loopback TCP
+        self.database = database
+        self.log_name = log_name
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.max_rss_kb = 0
@@ -355,11 +388,11 @@ class Server:
         self.port = free_port()
         env = {
             **os.environ,
-            "DATABASE_URL": self.cluster.url("atp_app", socket=self.socket),
+            "DATABASE_URL": self.cluster.url("atp_app", self.database, socket=self.socket),
             "PYTHONUNBUFFERED": "1",
         }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        log = (OUT / "server.log").open("ab")
+        log = (OUT / self.log_name).open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, str(self.checkout / "app.py"), "serve", "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", str(self.workers)],
@@ -371,7 +404,7 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise SystemExit(
-                    f"the server exited with {self.proc.returncode}: see {OUT}/server.log"
+                    f"the server exited with {self.proc.returncode}: see {OUT}/{self.log_name}"
                 )
             with contextlib.suppress(OSError, urllib.error.URLError):
                 url = f"http://127.0.0.1:{self.port}/readyz"
@@ -381,7 +414,8 @@ class Server:
             time.sleep(0.2)
         else:
             raise SystemExit("the server did not become ready within 60 s")
-        say(f"server on http://127.0.0.1:{self.port} ({self.workers} workers, pid {self.proc.pid})")
+        say(f"server on http://127.0.0.1:{self.port} ({self.workers} workers, pid {self.proc.pid}, "
+            f"database {self.database})")  # fmt: skip
 
     def pids(self) -> list[int]:
         if self.proc is None or self.proc.poll() is not None:
@@ -470,6 +504,20 @@ def percentile(sorted_values: list[float], pct: float) -> float:
     return sorted_values[rank - 1]
 
 
+def pgbench_latencies(logdirs: list[Path]) -> list[float]:
+    """Every transaction's latency (ms) in pgbench's per-transaction logs (-l) in logdirs,
+    sorted."""
+    latencies: list[float] = []
+    for logdir in logdirs:
+        for path in logdir.glob("tx.*"):
+            for line in path.read_text().splitlines():
+                parts = line.split()
+                if len(parts) >= 3 and parts[2].isdigit():
+                    latencies.append(int(parts[2]) / 1000.0)
+    latencies.sort()
+    return latencies
+
+
 def pgbench(
     cluster: Cluster, name: str, script: Path, user: str, variables: dict[str, str],
     config: Config, seconds: int, log: bool = True,
@@ -495,13 +543,7 @@ def pgbench(
         raise SystemExit(f"pgbench {name} failed:\n{result.stdout}{result.stderr}")
     failed = re.search(r"number of failed transactions: (\d+)", result.stdout)
     aborted = len(re.findall(r"client \d+ aborted", result.stderr))
-    latencies: list[float] = []
-    for path in logdir.glob("tx.*"):
-        for line in path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 3 and parts[2].isdigit():
-                latencies.append(int(parts[2]) / 1000.0)
-    latencies.sort()
+    latencies = pgbench_latencies([logdir])
     errors = (int(failed.group(1)) if failed else 0) + aborted
     if result.returncode != 0 and errors == 0:
         errors = 1  # pgbench said the run failed without counting it
@@ -511,7 +553,8 @@ def pgbench(
         p99_ms=percentile(latencies, 99),
         errors=errors,
         details={"transactions": len(latencies), "aborted_clients": aborted,
-                 "p90_ms": percentile(latencies, 90), "max_ms": latencies[-1] if latencies else 0},
+                 "p90_ms": percentile(latencies, 90), "max_ms": latencies[-1] if latencies else 0,
+                 "log_dir": str(logdir)},
     )  # fmt: skip
 
 
@@ -530,8 +573,9 @@ def wrk(
         "BENCH_RAW": "1" if threads == config.connections else "0",
     }
     result = subprocess.run(command, check=False, capture_output=True, text=True, env=full_env)
-    (OUT / "wrk").mkdir(exist_ok=True)
-    (OUT / "wrk" / f"{name}.out").write_text(result.stdout + result.stderr)
+    output = OUT / "wrk" / f"{name}.out"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(result.stdout + result.stderr)
     line = next((ln for ln in result.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
     if result.returncode != 0 or line is None:
         raise SystemExit(f"wrk {name} failed:\n{result.stdout}{result.stderr}")
@@ -541,6 +585,13 @@ def wrk(
         measured = json.loads(raw.removeprefix("BENCH_RAW "))
         if measured["count"] > 0:
             data |= {f"raw_{k}": v for k, v in measured.items()}
+    quantiles: dict[str, list[float]] = {}
+    shares = next((ln for ln in result.stdout.splitlines() if ln.startswith("BENCH_QUANTILES ")),
+                  None)  # fmt: skip
+    if shares is not None:
+        for kind, values in json.loads(shares.removeprefix("BENCH_QUANTILES ")).items():
+            if kind == "wrk" or "raw_p50_us" in data:
+                quantiles[kind] = [v / 1000 for v in values]
     sockets = data["connect"] + data["read"] + data["write"] + data["timeout"]
     source = "raw_" if config.latency == "measured" and "raw_p50_us" in data else ""
     return Result(
@@ -551,6 +602,114 @@ def wrk(
         # (a fresh Idempotency-Key must never replay; a replay would inflate the rate).
         errors=data["non_2xx"] + sockets + data["replayed"],
         details=data,
+        quantiles=quantiles,
+    )
+
+
+# --- pooling a run's rounds ----------------------------------------------------------------
+
+
+def weighted_percentile(points: list[tuple[float, float]], pct: float) -> float:
+    """The value at which points (value, weight) reach pct of their total weight."""
+    points = sorted(points)
+    total = sum(w for _, w in points)
+    reached = 0.0
+    for value, weight in points:
+        reached += weight
+        if reached >= pct / 100 * total - 1e-9:
+            return value
+    return points[-1][0] if points else 0.0
+
+
+def pooled_cpu(pieces: list[Result]) -> dict[str, Any]:
+    """The pieces' CPU usage over their whole time: each figure weighted by its piece's wall
+    time, so that cores stay CPU seconds per second."""
+    usages = [p.details.get("cpu") for p in pieces]
+    if not usages or not all(usages):
+        return {}
+    walls = [u["wall_s"] for u in usages if u]
+    total = sum(walls) or 1.0
+    first = usages[0]
+    assert first is not None
+    pooled: dict[str, Any] = {"wall_s": round(total, 3), "cores": first["cores"]}
+    for key, value in first.items():
+        if key in pooled or not isinstance(value, int | float):
+            continue
+        if all(u is not None and key in u for u in usages):
+            pooled[key] = round(sum(u[key] * w for u, w in zip(usages, walls, strict=True) if u)
+                                / total, 3)  # fmt: skip
+    splits = [u.get("server_cores_by_process") or [] for u in usages if u]
+    if splits and splits[0] and all(len(x) == len(splits[0]) for x in splits):
+        pooled["server_cores_by_process"] = [
+            round(sum(x[i] * w for x, w in zip(splits, walls, strict=True)) / total, 2)
+            for i in range(len(splits[0]))
+        ]
+    return pooled
+
+
+def pool(pieces: list[Result], latency: str) -> Result:
+    """One result for a run measured in pieces (one per round): its rate over all of them, its
+    percentiles over all their requests (pgbench's logs; wrk's distributions as quantiles),
+    errors summed, CPU over their whole time; latency: the p50 and p99 reported, wrk's or the
+    Lua timer's ("measured")."""
+    if len(pieces) == 1:
+        return pieces[0]
+    first, last = pieces[0].details, pieces[-1].details
+    details: dict[str, Any] = {
+        "rounds": [
+            {"rps": round(p.rps, 1), "p50_ms": round(p.p50_ms, 2), "p99_ms": round(p.p99_ms, 2),
+             "errors": p.errors, "connections_per_worker": p.details.get("connections_per_worker"),
+             "server_cpu_ms_per_req": p.cpu_ms_per_request("server"),
+             "postgres_cpu_ms_per_req": p.cpu_ms_per_request("postgres")}
+            for p in pieces
+        ],
+        "load_before_after": [*first["load_before_after"][:3], *last["load_before_after"][3:]],
+    }  # fmt: skip
+    cpu = pooled_cpu(pieces)
+    if cpu:
+        details["cpu"] = cpu
+    if "connections_per_worker" in first:
+        details["connections_per_worker"] = [p.details["connections_per_worker"] for p in pieces]
+    errors = sum(p.errors for p in pieces)
+    if "log_dir" in first:  # pgbench: every transaction's latency is in its logs
+        latencies = pgbench_latencies([Path(p.details["log_dir"]) for p in pieces])
+        details |= {
+            "transactions": len(latencies),
+            "aborted_clients": sum(p.details["aborted_clients"] for p in pieces),
+            "p90_ms": percentile(latencies, 90),
+            "max_ms": latencies[-1] if latencies else 0,
+        }
+        rps = sum(p.rps for p in pieces) / len(pieces)  # pieces of equal length
+        return Result(rps, percentile(latencies, 50), percentile(latencies, 99), errors, details)
+    counters = ("requests", "duration_us", "non_2xx", "status_ge_400", "replayed", "connect",
+                "read", "write", "timeout")  # fmt: skip
+    details |= {key: sum(p.details[key] for p in pieces) for key in counters}
+    details["mean_us"] = round(
+        sum(p.details["mean_us"] * p.details["requests"] for p in pieces)
+        / max(1, details["requests"]),
+        1,
+    )
+    details["max_us"] = max(p.details["max_us"] for p in pieces)
+    kinds = [("wrk", "", "requests")]
+    if all("raw" in p.quantiles for p in pieces):
+        kinds.append(("raw", "raw_", "raw_count"))
+        details["raw_count"] = sum(p.details["raw_count"] for p in pieces)
+        details["raw_max_us"] = max(p.details["raw_max_us"] for p in pieces)
+    for kind, prefix, count in kinds:
+        points = [
+            (value, p.details[count] / len(p.quantiles[kind]))
+            for p in pieces
+            for value in p.quantiles[kind]
+        ]
+        for pct in (50, 90, 99):
+            details[f"{prefix}p{pct}_us"] = round(weighted_percentile(points, pct) * 1000)
+    source = "raw_" if latency == "measured" and "raw_p50_us" in details else ""
+    return Result(
+        rps=details["requests"] / (details["duration_us"] / 1e6),
+        p50_ms=details[f"{source}p50_us"] / 1000,
+        p99_ms=details[f"{source}p99_us"] / 1000,
+        errors=errors,
+        details=details,
     )
 
 
@@ -614,6 +773,7 @@ class CpuMeter:
         steal = after["machine_steal"] - before["machine_steal"]
         cores = os.cpu_count() or 1
         usage: dict[str, Any] = {
+            "wall_s": round(wall, 3),
             "machine_busy": round(1 - (idle + iowait) / total, 3),
             "machine_iowait": round(iowait / total, 3),
             "machine_steal": round(steal / total, 3),
@@ -847,12 +1007,15 @@ class Bench:
         self.stack = stack
         self.cluster = Cluster(config)
         self.server: Server | None = None
+        self.large_server: Server | None = None
         self.results: dict[str, Result] = {}
+        self.pieces: dict[str, list[Result]] = {}  # each run's pieces, one per round
         self.key = ""
         self.key_hash = ""
         self.key_id = ""
         self.timings: dict[str, float] = {}
         self.events_in_large_store = 0
+        self.large_database = False  # LARGE_DATABASE made (prepare_large)
         self.verify: dict[str, Any] = {}
         self.max_rss_kb = 0
         self.rss_by_role: dict[str, int] = {}
@@ -871,8 +1034,10 @@ class Bench:
 
     def prepare(self) -> None:
         OUT.mkdir(exist_ok=True)
-        (OUT / "server.log").unlink(missing_ok=True)
+        for log in ("server.log", "server-large.log"):
+            (OUT / log).unlink(missing_ok=True)
         self.stack.callback(self.cleanup_cluster)
+        self.stack.callback(self.stop_server)
         self.cluster.create()
         if self.config.huge_pages:
             self.cluster.use_huge_pages()
@@ -959,59 +1124,78 @@ class Bench:
         ids = ",\n".join(f'"{user_id(i)}"' for i in range(1, self.config.users + 1))
         (OUT / "users.lua").write_text(f"return {{\n{ids}\n}}\n")
 
-    def start_server(self) -> None:
+    def start_server(self, large: bool = False) -> None:
+        """The server on the fresh store, and with large one more on the large store's database
+        (each idle while the other's runs are measured)."""
         # The audit rows written while no server ran (the seed, pgbench's api.transfer calls) are
         # sealed first: a server that had been running would have sealed them already, and its
         # first maintenance run would otherwise catch up on them inside a measured run.
-        with self.cluster.connect() as conn:
-            row = conn.execute("SELECT api.seal_audit(10000000) ->> 'sealed_rows'").fetchone()
-        say(f"audit rows sealed before the server starts: {row[0] if row else '?'}")
+        for database in (DATABASE, LARGE_DATABASE) if large else (DATABASE,):
+            with self.cluster.connect(database) as conn:
+                row = conn.execute("SELECT api.seal_audit(10000000) ->> 'sealed_rows'").fetchone()
+            say(
+                f"audit rows of {database} sealed before its server starts: "
+                f"{row[0] if row else '?'}"
+            )
         self.server = Server(self.cluster, self.config.workers)
-        self.stack.callback(self.stop_server)
         self.server.start()
+        if large:
+            self.large_server = Server(self.cluster, self.config.workers, database=LARGE_DATABASE,
+                                       log_name="server-large.log")  # fmt: skip
+            self.large_server.start()
 
     def stop_server(self) -> None:
-        if self.server is not None:
-            self.max_rss_kb = max(self.max_rss_kb, self.server.max_rss_kb)
-            for role, kb in self.server.max_rss_by_role.items():
-                self.rss_by_role[role] = max(self.rss_by_role.get(role, 0), kb)
-            self.server.stop()
-            self.server = None
+        for server in (self.server, self.large_server):
+            if server is not None:
+                self.max_rss_kb = max(self.max_rss_kb, server.max_rss_kb)
+                for role, kb in server.max_rss_by_role.items():
+                    self.rss_by_role[role] = max(self.rss_by_role.get(role, 0), kb)
+                server.stop()
+        self.server = self.large_server = None
 
     # runs
+
+    def databases(self) -> tuple[str, ...]:
+        return (DATABASE, LARGE_DATABASE) if self.large_database else (DATABASE,)
 
     def vacuum_all(self) -> None:
         """Every run starts at the same point of the vacuum cycle: otherwise autovacuum, which
         looks at a database once a minute, vacuums what the previous runs wrote (200,000 rows and
         more) inside the next run, and charges its CPU to that run's requests."""
-        with self.cluster.connect() as conn:
-            conn.execute("VACUUM (ANALYZE)")
+        for database in self.databases():
+            with self.cluster.connect(database) as conn:
+                conn.execute("VACUUM (ANALYZE)")
 
     def checkpoint(self) -> None:
         with self.cluster.connect() as conn:
             conn.execute("CHECKPOINT")
 
     def measure(self, name: str) -> None:
-        if name not in self.config.runs:
-            return
+        """One run in one piece of BENCH_SECONDS (bench/ab_http.py measures this way)."""
+        if name in self.config.runs:
+            self.results[name] = self.piece(name, self.config.seconds, name)
+
+    def piece(self, name: str, seconds: int, label: str) -> Result:
+        """Run name for seconds, after a VACUUM (ANALYZE), a warm-up and a CHECKPOINT; label
+        names its logs."""
         config = self.config
         pg_vars = {"users": str(config.users)}
         measure: Callable[[int], Result]
-        if name in ("baseline", DRIFT_RUN):
+        server = self.large_server if name in LARGE_RUNS else self.server
+        if name == "baseline":
 
             def measure(s: int) -> Result:
-                return pgbench(self.cluster, name, BENCH / "baseline.sql", "postgres",
+                return pgbench(self.cluster, label, BENCH / "baseline.sql", "postgres",
                                pg_vars, config, s)  # fmt: skip
 
         elif name in ("db_transfer", "db_hold"):
             variables = {**pg_vars, "key_hash": self.key_hash}
 
             def measure(s: int) -> Result:
-                return pgbench(self.cluster, name, BENCH / f"{name}.sql", "atp_app",
+                return pgbench(self.cluster, label, BENCH / f"{name}.sql", "atp_app",
                                variables, config, s)  # fmt: skip
 
         else:
-            server = self.server
             assert server is not None
             env = {
                 "BENCH_DIR": str(BENCH),
@@ -1023,73 +1207,84 @@ class Bench:
                 ),
             }
             script = "transfer.lua" if "transfer" in name else "read.lua"
+            loaded = server
 
             def measure(s: int) -> Result:
-                return wrk(server, name, script, env, config, s)
+                return wrk(loaded, label, script, env, config, s)
 
         self.vacuum_all()
         if config.warmup > 0:
             measure(config.warmup)
         self.checkpoint()
         load_before = os.getloadavg()
-        say(
-            f"{name}: {config.seconds} s at {config.connections} connections ({DESCRIPTIONS[name]})"
-        )
-        sampling = self.server.sampling() if self.server is not None else contextlib.nullcontext()
+        say(f"{label}: {seconds} s at {config.connections} connections ({DESCRIPTIONS[name]})")
+        sampling = server.sampling() if server is not None else contextlib.nullcontext()
         usage: dict[str, Any] = {}
-        meter = CpuMeter(self.cluster, self.server)
-        with sampling, self.profiler.run(name, self.server, config.seconds), meter.measure(usage):
-            result = measure(config.seconds)
+        meter = CpuMeter(self.cluster, server)
+        with sampling, self.profiler.run(name, server, seconds), meter.measure(usage):
+            result = measure(seconds)
         result.details |= usage
-        if self.server is not None:
-            result.details["connections_per_worker"] = self.server.split
-        self.load[name] = [round(x, 2) for x in (*load_before, *os.getloadavg())]
-        result.details["load_before_after"] = self.load[name]
-        self.results[name] = result
+        if server is not None:
+            result.details["connections_per_worker"] = server.split
+        result.details["load_before_after"] = [
+            round(x, 2) for x in (*load_before, *os.getloadavg())
+        ]
         cpu = result.details.get("cpu", {})
         say(
-            f"{name}: {result.rps:.0f}/s p50 {result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms "
+            f"{label}: {result.rps:.0f}/s p50 {result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms "
             f"errors {result.errors}; cores used: server {cpu.get('server_cores', '-')}, "
             f"postgres {cpu.get('postgres_cores', '-')}, load {cpu.get('loadgen_cores')}; "
             f"machine busy {cpu.get('machine_busy', 0):.0%}, "
             f"iowait {cpu.get('machine_iowait', 0):.0%}, steal {cpu.get('machine_steal', 0):.0%}"
         )
+        return result
 
-    def seed_large(self) -> None:
-        with self.cluster.connect() as conn:
+    def seed_large(self, database: str = DATABASE) -> None:
+        with self.cluster.connect(database) as conn:
             row = conn.execute("SELECT count(*) FROM ledger.events").fetchone()
             assert row is not None
             existing = int(row[0])
         transfers = max(0, -(-(self.config.events - existing) // 2))
         say(
-            f"large store: {existing} events now, "
+            f"large store ({database}): {existing} events now, "
             f"appending {transfers} transfers ({2 * transfers} events)"
         )
         if transfers:
             self.timed("seed large store", lambda: self.cluster.psql(
                 "-v", f"users={self.config.users}", "-v", f"transfers={transfers}",
                 "-v", f"api_key_id={self.key_id}", "-f", str(BENCH / "seed_large.sql"),
-                log=OUT / "seed_large.log",
+                log=OUT / "seed_large.log", database=database,
             ))  # fmt: skip
-            self.timed("vacuum analyze", self.vacuum)
-        self.verify = self.timed("verify projections", self.verify_projections)
+            self.timed("vacuum analyze", lambda: self.vacuum(database))
+        self.verify = self.timed("verify projections", lambda: self.verify_projections(database))
         if self.verify.get("ok") is not True:
             (OUT / "verify.json").write_text(json.dumps(self.verify, indent=2))
             raise SystemExit(f"api.verify_projections() is not ok: see {OUT}/verify.json")
-        with self.cluster.connect() as conn:
+        with self.cluster.connect(database) as conn:
             row = conn.execute("SELECT count(*) FROM ledger.events").fetchone()
             assert row is not None
             self.events_in_large_store = int(row[0])
         say(f"large store: {self.events_in_large_store} events, api.verify_projections() ok")
 
-    def vacuum(self) -> None:
-        with self.cluster.connect() as conn:
+    def prepare_large(self) -> None:
+        """The large store: a copy of the bench database (its users, their wallets and the API
+        key), seeded, proved and vacuumed, before the first round; then the host is given the
+        seed's writes to finish (the fsync probe's lesson: writes still going back to the host
+        cost the next run its CPU as stolen time)."""
+        with self.cluster.connect("postgres") as conn:
+            conn.execute(f"CREATE DATABASE {LARGE_DATABASE} TEMPLATE {DATABASE}")
+        self.large_database = True
+        self.seed_large(LARGE_DATABASE)
+        self.timed("sync", os.sync)
+
+    def vacuum(self, database: str = DATABASE) -> None:
+        with self.cluster.connect(database) as conn:
             conn.execute("VACUUM (ANALYZE) ledger.events, ledger.ledger_entries, ledger.balances,"
                          " ledger.snapshots")  # fmt: skip
             conn.execute("CHECKPOINT")
 
-    def verify_projections(self) -> dict[str, Any]:
-        with self.cluster.connect() as conn:
+    def verify_projections(self, database: str = DATABASE) -> dict[str, Any]:
+        with self.cluster.connect(database) as conn:
             conn.execute("SET work_mem = '256MB'")
             row = conn.execute("SELECT api.verify_projections()").fetchone()
         assert row is not None
@@ -1097,39 +1292,40 @@ class Bench:
         return result
 
     def run(self) -> None:
+        """Every run in BENCH_ROUNDS pieces, one piece of each per round: a ratio between two
+        runs compares rates pooled over the same rounds, so the host's drift during the bench
+        (its speed moves by a third within an hour here) falls on both sides alike."""
         self.prepare()
-        self.measure("baseline")
-        self.measure("db_transfer")
-        self.measure("db_hold")  # after db_transfer: its pending holds are left behind
-        http_fresh = [
-            r
-            for r in FRESH_RUNS + REFERENCE_RUNS
-            if r.startswith("http_") and r in self.config.runs
-        ]
-        if http_fresh:
-            self.start_server()
-            for name in http_fresh:
-                self.measure(name)
-            self.stop_server()
-        if any(r in self.config.runs for r in LARGE_RUNS):
-            self.seed_large()
-            self.start_server()
-            for name in LARGE_RUNS:
-                self.measure(name)
-            self.stop_server()
-        self.measure(DRIFT_RUN)
+        runs = self.config.runs
+        large = any(r in runs for r in LARGE_RUNS)
+        if large:
+            self.prepare_large()
+        http = [r for r in HTTP_ORDER if r in runs]
+        for number in range(1, self.config.rounds + 1):
+            say(f"round {number} of {self.config.rounds}")
+            for name in (r for r in PGBENCH_RUNS if r in runs):
+                self.record(name, number)
+            if http:
+                self.start_server(large)
+                for name in http:
+                    self.record(name, number)
+                self.stop_server()
+        self.results = {
+            name: pool(pieces, self.config.latency) for name, pieces in self.pieces.items()
+        }
+        self.load = {name: r.details["load_before_after"] for name, r in self.results.items()}
         self.probe_disk()
+
+    def record(self, name: str, number: int) -> None:
+        label = name if self.config.rounds == 1 else f"{name}/round-{number}"
+        self.pieces.setdefault(name, []).append(self.piece(name, self.config.piece, label))
 
     # reporting
 
     def baseline_rps(self) -> float:
-        """The machine's limit: the better of the baseline's two runs, first and last. A baseline
-        run that lost its cores to another machine on the host (stolen time) would otherwise make
-        every ratio look better than it is; the better run can only make them look worse."""
-        return max(
-            (self.results[n].rps for n in ("baseline", DRIFT_RUN) if n in self.results),
-            default=0.0,
-        )
+        """The machine's limit: the baseline's rate over its pieces, one in each round, as every
+        other run's rate is over its own in the same rounds."""
+        return self.results["baseline"].rps if "baseline" in self.results else 0.0
 
     def table(self) -> str:
         base = self.baseline_rps()
@@ -1170,7 +1366,7 @@ class Bench:
             else:
                 measured = []
             cells = " | ".join(f"{v:.2f}" for v in measured) if measured else "- | - | - | -"
-            split = "/".join(map(str, d.get("connections_per_worker") or [])) or "-"
+            split = split_text(d.get("connections_per_worker") or [])
             lines.append(f"| {name} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {cells} | {split} |")
         return "\n".join(lines)
 
@@ -1267,11 +1463,13 @@ class Bench:
             check("each server process < 200 MB resident", mb < 200, f"largest {mb:.0f} MB")
         errors = sum(x.errors for x in r.values())
         check("zero errors in every run", errors == 0, str(errors))
-        drift = r[DRIFT_RUN].rps / r["baseline"].rps if DRIFT_RUN in r and "baseline" in r else None
-        if drift is not None:
+        rounds = r["baseline"].details.get("rounds", []) if "baseline" in r else []
+        if len(rounds) > 1:
+            rates = ", ".join(f"{x['rps']:,.0f}" for x in rounds)
             out.append(
-                f"info  the baseline, run again last, made {drift:.2f} of its first rate (the"
-                " machine's drift); ratios are to the better of the two"
+                f"info  the baseline by round: {rates} per second (last/first"
+                f" {rounds[-1]['rps'] / rounds[0]['rps']:.2f}: the machine's drift); each ratio"
+                " compares rates pooled over the same rounds"
             )
         return out
 
@@ -1294,7 +1492,9 @@ class Bench:
         if reference:
             results["reference_runs"] = reference
         settings = (
-            f"{self.config.seconds} s per run, {self.config.connections} connections, "
+            f"{self.config.piece * self.config.rounds} s per run in {self.config.rounds} "
+            f"round{'s' if self.config.rounds > 1 else ''} of {self.config.piece} s, "
+            f"{self.config.connections} connections, "
             f"{self.config.users} users, {self.config.workers} server workers, "
             f"HTTP latency from {'wrk' if self.config.latency == 'wrk' else 'the Lua timer'}, "
             f"PostgreSQL {self.cluster.version()} (fsync, synchronous_commit, full_page_writes on; "
@@ -1357,6 +1557,13 @@ class Bench:
     load_at_start: tuple[float, ...] = ()
 
 
+def split_text(split: list[Any]) -> str:
+    """How wrk's connections split between the workers: 10/6, or per round 10/6 8/8 9/7."""
+    if split and isinstance(split[0], list):
+        return " ".join(split_text(x) for x in split) or "-"
+    return "/".join(map(str, split)) or "-"
+
+
 def ms_text(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -1373,8 +1580,8 @@ def disk_text(disk: dict[str, Any]) -> str:
 
 def has_ratio(name: str) -> bool:
     """Whether a run's rate is shown against the baseline's: not for a reference run, which is no
-    transfer, except the baseline's own second run."""
-    return name in ALL_RUNS or name == DRIFT_RUN
+    transfer."""
+    return name in ALL_RUNS
 
 
 def recorded_baseline_rps(results: dict[str, Any]) -> float:
@@ -1409,7 +1616,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("requests (transactions) per second")
     ax.set_title(
         f"financeATP make bench, {results['date']}\n{results['machine']}; "
-        f"ratio = rps / baseline (the better of its two runs); "
+        f"ratio = rps / baseline's, both over the same rounds; "
         f"{results['events_in_large_store']:,} events in the large store",
         fontsize=9,
     )

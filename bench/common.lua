@@ -26,6 +26,7 @@ local function now_us()
 end
 local threads = {}
 local counter = 0
+local QUANTILES = 1000
 
 -- setup runs once per thread in the main Lua state: number the threads, keep them for done().
 function M.setup(thread)
@@ -96,6 +97,16 @@ function M.done(summary, latency)
     io.write(string.format(
         'BENCH_RAW {"count": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d}\n',
         #all, rank(50), rank(90), rank(99), #all > 0 and all[#all] or -1))
+    -- Both distributions as QUANTILES values, each holding an equal share of the requests, so
+    -- that bench.py can pool the percentiles of a run measured in several rounds.
+    local wrk_q, raw_q = {}, {}
+    for k = 1, QUANTILES do
+        local p = (k - 0.5) / QUANTILES * 100
+        wrk_q[k] = string.format("%d", latency:percentile(p))
+        raw_q[k] = string.format("%d", rank(p))
+    end
+    io.write('BENCH_QUANTILES {"wrk": [' .. table.concat(wrk_q, ",") .. '], "raw": ['
+        .. table.concat(raw_q, ",") .. ']}\n')
     local e = summary.errors
     io.write(string.format(
         'BENCH_RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, '
