@@ -1,11 +1,12 @@
 """`make bench`: financeATP measured against this machine's own limit for a transfer.
 
 Starts a temporary PostgreSQL cluster (durable settings), migrates it with `make migrate`,
-seeds the bench users, runs pgbench (baseline, api.transfer) and wrk (HTTP) against the
-server started as `python app.py serve`, then seeds a large store by a fast path, proves it
-with api.verify_projections() and measures again. Prints a table and writes
-bench/results.json, bench/results.png and the tables in bench/README.md and README.md.
-bench/README.md describes every run and setting.
+seeds the bench users, copies that database and seeds the copy as a large store by a fast path
+(proved with api.verify_projections()), then measures in rounds: in each, pgbench (baseline,
+api.transfer, api.create_hold) and wrk (HTTP) against servers started as `python app.py serve`
+on either database, each run for a piece of its time; a run's pieces are pooled. Prints a table
+and writes bench/results.json, bench/results.png and the tables in bench/README.md and
+README.md. bench/README.md describes every run and setting.
 """
 
 from __future__ import annotations
