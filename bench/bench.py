@@ -349,6 +349,15 @@ def process_rss_kb(pid: int) -> int:
     return 0
 
 
+LOADGENS = ("pgbench", "wrk")
+
+
+def command_name(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    return ""
+
+
 def descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -505,31 +514,42 @@ def percentile(sorted_values: list[float], pct: float) -> float:
     return sorted_values[rank - 1]
 
 
-def pgbench_latencies(logdirs: list[Path]) -> list[float]:
-    """Every transaction's latency (ms) in pgbench's per-transaction logs (-l) in logdirs,
-    sorted."""
-    latencies: list[float] = []
-    for logdir in logdirs:
-        for path in logdir.glob("tx.*"):
-            for line in path.read_text().splitlines():
-                parts = line.split()
-                if len(parts) >= 3 and parts[2].isdigit():
-                    latencies.append(int(parts[2]) / 1000.0)
-    latencies.sort()
-    return latencies
+def pgbench_log(logdir: Path, since: float = 0.0) -> list[tuple[float, float]]:
+    """(end, latency ms) of every transaction in pgbench's per-transaction logs (-l) in logdir
+    that ended at or after since (a Unix time): client, transaction, latency in µs, script, and
+    the time it ended in seconds and µs."""
+    found: list[tuple[float, float]] = []
+    for path in logdir.glob("tx.*"):
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 6 and parts[2].isdigit():
+                end = int(parts[4]) + int(parts[5]) / 1e6
+                if end >= since:
+                    found.append((end, int(parts[2]) / 1000.0))
+    return found
+
+
+def pgbench_latencies(pieces: list[tuple[Path, float]]) -> list[float]:
+    """The latencies (ms), sorted, of the transactions of each (log directory, since)."""
+    return sorted(ms for logdir, since in pieces for _, ms in pgbench_log(logdir, since))
 
 
 def pgbench(
     cluster: Cluster, name: str, script: Path, user: str, variables: dict[str, str],
-    config: Config, seconds: int, log: bool = True,
+    config: Config, seconds: int, log: bool = True, warmup: int = 0,
+    measuring: Callable[[], None] | None = None,
 ) -> Result:  # fmt: skip
+    """pgbench for seconds. With warmup, its sessions run warmup seconds more first, which are
+    not measured: then measuring() is called, and the rate and latencies are those of the
+    transactions that ended afterwards (from the log), so the measured sessions have compiled
+    and planned the script's calls already, as a server's pooled connections have."""
     logdir = OUT / "pgbench" / name
     shutil.rmtree(logdir, ignore_errors=True)
     logdir.mkdir(parents=True)
     command = [
         str(cluster.bindir / "pgbench"), "-n", "-M", "prepared",
         "-c", str(config.connections), "-j", str(min(config.pgbench_jobs, config.connections)),
-        "-T", str(seconds),
+        "-T", str(seconds + warmup),
         "-h", "127.0.0.1", "-p", str(cluster.port), "-U", user, "-f", str(script),
     ]  # fmt: skip
     for key, value in variables.items():
@@ -537,25 +557,37 @@ def pgbench(
     if log:
         command += ["-l", f"--log-prefix={logdir}/tx"]
     command.append(DATABASE)
-    result = subprocess.run(command, check=False, capture_output=True, text=True)
-    (logdir / "pgbench.out").write_text(result.stdout + result.stderr)
-    tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", result.stdout)
+    since = 0.0
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as process:  # fmt: skip
+        if warmup > 0:
+            time.sleep(warmup)
+            since = time.time()
+            if measuring is not None:
+                measuring()
+        stdout, stderr = process.communicate()
+    (logdir / "pgbench.out").write_text(stdout + stderr)
+    tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", stdout)
     if tps is None:
-        raise SystemExit(f"pgbench {name} failed:\n{result.stdout}{result.stderr}")
-    failed = re.search(r"number of failed transactions: (\d+)", result.stdout)
-    aborted = len(re.findall(r"client \d+ aborted", result.stderr))
-    latencies = pgbench_latencies([logdir])
+        raise SystemExit(f"pgbench {name} failed:\n{stdout}{stderr}")
+    failed = re.search(r"number of failed transactions: (\d+)", stdout)
+    aborted = len(re.findall(r"client \d+ aborted", stderr))
+    measured = pgbench_log(logdir, since)
+    latencies = sorted(ms for _, ms in measured)
+    rps = float(tps.group(1))
+    if warmup > 0 and measured:
+        rps = len(measured) / max(1e-3, max(end for end, _ in measured) - since)
     errors = (int(failed.group(1)) if failed else 0) + aborted
-    if result.returncode != 0 and errors == 0:
+    if process.returncode != 0 and errors == 0:
         errors = 1  # pgbench said the run failed without counting it
     return Result(
-        rps=float(tps.group(1)),
+        rps=rps,
         p50_ms=percentile(latencies, 50),
         p99_ms=percentile(latencies, 99),
         errors=errors,
         details={"transactions": len(latencies), "aborted_clients": aborted,
                  "p90_ms": percentile(latencies, 90), "max_ms": latencies[-1] if latencies else 0,
-                 "log_dir": str(logdir)},
+                 "log_dir": str(logdir), "since": since},
     )  # fmt: skip
 
 
@@ -673,7 +705,9 @@ def pool(pieces: list[Result], latency: str) -> Result:
         details["connections_per_worker"] = [p.details["connections_per_worker"] for p in pieces]
     errors = sum(p.errors for p in pieces)
     if "log_dir" in first:  # pgbench: every transaction's latency is in its logs
-        latencies = pgbench_latencies([Path(p.details["log_dir"]) for p in pieces])
+        latencies = pgbench_latencies(
+            [(Path(p.details["log_dir"]), p.details["since"]) for p in pieces]
+        )
         details |= {
             "transactions": len(latencies),
             "aborted_clients": sum(p.details["aborted_clients"] for p in pieces),
@@ -724,6 +758,7 @@ class CpuMeter:
     def __init__(self, cluster: Cluster, server: Server | None) -> None:
         self.cluster = cluster
         self.server = server
+        self.before: dict[str, float] = {}
 
     @staticmethod
     def ticks(pid: int, children: bool = False) -> int:
@@ -752,7 +787,11 @@ class CpuMeter:
                 snap[f"pid:{pid}"] = self.ticks(pid)
             snap["server"] = sum(v for k, v in snap.items() if k.startswith("pid:"))
         times = os.times()
-        snap["loadgen"] = (times.children_user + times.children_system) * self.TICK
+        # The load generators this process ran: those it has reaped, and one still running (a
+        # pgbench whose measured part starts after its warm-up).
+        snap["loadgen"] = (times.children_user + times.children_system) * self.TICK + sum(
+            self.ticks(pid) for pid in descendants(os.getpid()) if command_name(pid) in LOADGENS
+        )
         cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
         values = [int(v) for v in cpu]
         snap["machine_total"] = sum(values[:8])
@@ -764,9 +803,15 @@ class CpuMeter:
 
     @contextlib.contextmanager
     def measure(self, into: dict[str, Any]) -> Iterator[None]:
-        before = self.snapshot()
+        self.start()
         yield
-        after = self.snapshot()
+        self.stop(into)
+
+    def start(self) -> None:
+        self.before = self.snapshot()
+
+    def stop(self, into: dict[str, Any]) -> None:
+        before, after = self.before, self.snapshot()
         wall = after["wall"] - before["wall"]
         total = after["machine_total"] - before["machine_total"] or 1
         idle = after["machine_idle"] - before["machine_idle"]
@@ -1177,25 +1222,32 @@ class Bench:
             self.results[name] = self.piece(name, self.config.seconds, name)
 
     def piece(self, name: str, seconds: int, label: str) -> Result:
-        """Run name for seconds, after a VACUUM (ANALYZE), a warm-up and a CHECKPOINT; label
-        names its logs."""
+        """Run name for seconds, after a VACUUM (ANALYZE), a CHECKPOINT and a warm-up: pgbench's
+        is its own sessions' first BENCH_WARMUP seconds (so that the measured ones have compiled
+        and planned their calls, as a server's pooled connections have); wrk's a run of its own
+        against the same server. label names its logs."""
         config = self.config
-        pg_vars = {"users": str(config.users)}
-        measure: Callable[[int], Result]
         server = self.large_server if name in LARGE_RUNS else self.server
-        if name == "baseline":
-
-            def measure(s: int) -> Result:
-                return pgbench(self.cluster, label, BENCH / "baseline.sql", "postgres",
-                               pg_vars, config, s)  # fmt: skip
-
-        elif name in ("db_transfer", "db_hold"):
-            variables = {**pg_vars, "key_hash": self.key_hash}
-
-            def measure(s: int) -> Result:
-                return pgbench(self.cluster, label, BENCH / f"{name}.sql", "atp_app",
-                               variables, config, s)  # fmt: skip
-
+        usage: dict[str, Any] = {}
+        meter = CpuMeter(self.cluster, server)
+        self.vacuum_all()
+        self.checkpoint()
+        load_before = os.getloadavg()
+        say(f"{label}: {seconds} s at {config.connections} connections ({DESCRIPTIONS[name]})")
+        if name in PGBENCH_RUNS:
+            baseline = name == "baseline"
+            variables = {"users": str(config.users)} | (
+                {} if baseline else {"key_hash": self.key_hash}
+            )
+            if config.warmup <= 0:
+                meter.start()
+            with self.profiler.run(name, None, config.warmup + seconds):
+                result = pgbench(
+                    self.cluster, label, BENCH / ("baseline.sql" if baseline else f"{name}.sql"),
+                    "postgres" if baseline else "atp_app", variables, config, seconds,
+                    warmup=config.warmup, measuring=meter.start,
+                )  # fmt: skip
+            meter.stop(usage)
         else:
             assert server is not None
             env = {
@@ -1208,22 +1260,10 @@ class Bench:
                 ),
             }
             script = "transfer.lua" if "transfer" in name else "read.lua"
-            loaded = server
-
-            def measure(s: int) -> Result:
-                return wrk(loaded, label, script, env, config, s)
-
-        self.vacuum_all()
-        if config.warmup > 0:
-            measure(config.warmup)
-        self.checkpoint()
-        load_before = os.getloadavg()
-        say(f"{label}: {seconds} s at {config.connections} connections ({DESCRIPTIONS[name]})")
-        sampling = server.sampling() if server is not None else contextlib.nullcontext()
-        usage: dict[str, Any] = {}
-        meter = CpuMeter(self.cluster, server)
-        with sampling, self.profiler.run(name, server, seconds), meter.measure(usage):
-            result = measure(seconds)
+            if config.warmup > 0:
+                wrk(server, label, script, env, config, config.warmup)
+            with server.sampling(), self.profiler.run(name, server, seconds), meter.measure(usage):
+                result = wrk(server, label, script, env, config, seconds)
         result.details |= usage
         if server is not None:
             result.details["connections_per_worker"] = server.split
