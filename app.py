@@ -258,9 +258,9 @@ def idempotency_key(request: Request) -> str:
 
 async def arguments(request: Request, op: Operation, limit: int) -> dict[str, str | None]:
     """Every named argument of the api function, each as text or NULL."""
+    args: dict[str, str | None] = dict(context_arguments(request))  # no key: 401 before anything
     if request.state.repeated_header:  # Idempotency-Key or X-Request-User-Id (observe.py)
         raise invalid(f"the {request.state.repeated_header} header is given more than once")
-    args: dict[str, str | None] = dict(context_arguments(request))
     if op.writes:
         args["idempotency_key"] = idempotency_key(request)
     args |= path_arguments(op, request)

@@ -915,6 +915,15 @@ def test_a_request_must_say_one_thing(api: Api, admin_key: str) -> None:
         ],
     )
     expect_error(unknown, 401, "invalid_api_key")
+    keyless = api.client.post(
+        "/transfers",
+        json=good,
+        headers=[
+            (b"Idempotency-Key", str(uuid.uuid4()).encode()),
+            (b"Idempotency-Key", str(uuid.uuid4()).encode()),
+        ],
+    )
+    expect_error(keyless, 401, "invalid_api_key")
     assert api.balance(admin_key, alice) == "10.00000000"
 
 
