@@ -113,13 +113,15 @@ class AccessLog:
 
     Lines are written together, as nginx's buffered access_log does: at most FLUSH_DELAY
     seconds after the first of them, in one write(2) of at most FLUSH_BYTES, under PIPE_BUF so
-    that two workers' writes to one pipe never interleave within a line; a write of its own per
+    that two workers' writes to one pipe never interleave within a line (so a path, the one
+    field a client can make long, is cut at MAX_PATH characters); a write of its own per
     request cost 3% of a request's server CPU (bench/README.md, twenty-third pass). A worker
     killed with SIGKILL loses the lines of its last FLUSH_DELAY; a stopping one writes them."""
 
     name = "financeatp.access"
     FLUSH_DELAY = 0.05
     FLUSH_BYTES = 4000
+    MAX_PATH = 400  # characters, then "…": the line stays under FLUSH_BYTES
 
     def __init__(self) -> None:
         self.logger = logging.getLogger(self.name)
@@ -148,6 +150,8 @@ class AccessLog:
         if not self.logger.isEnabledFor(logging.INFO):
             return
         stamp = self.clock.timestamp_of(time.time())
+        if len(path) > self.MAX_PATH:
+            path = path[: self.MAX_PATH] + "\u2026"
         # mask_key's 8 characters and "****" are too short to hold a key to mask.
         prefix = "null" if api_key_prefix is None else encode_basestring(api_key_prefix)
         line = (

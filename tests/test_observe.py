@@ -99,6 +99,21 @@ def test_access_lines_are_written_together_soon_and_below_pipe_buf(
         assert all(json.loads(line)["correlation_id"] for line in text.splitlines())
 
 
+def test_a_long_path_is_cut_so_that_a_line_stays_under_pipe_buf(
+    capsys: pytest.CaptureFixture[str], level: Callable[[int], None]
+) -> None:
+    """A request line may be 16 KB: its path is cut in the access line, which a single write
+    must carry below PIPE_BUF, even when every character of it is escaped."""
+    level(logging.INFO)
+    for path in ("/users/" + "a" * 16_000, "/" + "\x01" * 16_000):
+        ACCESS_LOG.write(**(REQUEST | {"path": path}))
+        ACCESS_LOG.flush()
+        line = capsys.readouterr().out
+        assert line.count("\n") == 1 and len(line.encode()) <= ACCESS_LOG.FLUSH_BYTES, len(line)
+        logged = json.loads(line)["path"]
+        assert logged == path[: ACCESS_LOG.MAX_PATH] + "\u2026"
+
+
 def test_lines_still_waiting_are_written_when_the_process_exits() -> None:
     """A worker that stops within FLUSH_DELAY of its last answer (its event loop closed with the
     timer pending) writes the waiting lines on its way out."""
