@@ -6,10 +6,11 @@ maps SQLSTATE codes to HTTP statuses by rule. Every rule about money lives in Po
 
 Read top to bottom: settings, the SQLSTATE rule, reading a request, the one function call, the
 process's state and lifespan, the routes. Everything else is in financeatp/: the error answers
-(errors.py), how a JSON value becomes an argument's text (values.py), the requests' queue for
-the pool's connections (gate.py), the operations table, the OpenAPI document, logs and metrics,
-Starlette paths (routing.py), the scheduled jobs, the embedded PostgreSQL, uvicorn, and the
-commands `python app.py run|serve|migrate|api-key|stop` (commands.py).
+(errors.py), how a JSON value becomes an argument's text (values.py), the call itself at the
+protocol level (pgcall.py), the requests' queue for the pool's connections (gate.py), the
+operations table, the OpenAPI document, logs and metrics, Starlette paths (routing.py), the
+scheduled jobs, the embedded PostgreSQL, uvicorn and its HTTP protocol (serving.py, protocol.py),
+and the commands `python app.py run|serve|migrate|api-key|stop` (commands.py).
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ class Settings:
 # --- the SQLSTATE rule -----------------------------------------------------------------------
 
 
-# Used only until api.error_codes() could be read: the status is in the code itself.
+# For an L code that api.error_codes() does not list: before it could be read (the database
+# away at startup), or one raised without its row. The status is in the code itself; 409 has
+# no name of its own in the contract, so its fallback is the generic "conflict".
 FALLBACK_ERROR_NAMES = {
     400: "invalid_request",
     401: "invalid_api_key",
@@ -107,8 +110,8 @@ API_SQLSTATE = re.compile(r"L([45][0-9]{2})[0-9]")
 
 class ErrorCodes:
     """SQLSTATE -> (HTTP status, error name), from api.error_codes(): read at startup, by every
-    /readyz (its check that the database answers), and by the first error after a start
-    without the database."""
+    /readyz (its check that the database answers), and, after a start without the database, by
+    the first error and by /openapi.json."""
 
     def __init__(self) -> None:
         self.rows: tuple[ErrorCode, ...] = ()
@@ -450,8 +453,9 @@ class AppState:
 
 
 async def configure_connection(role: str, conn: psycopg.AsyncConnection[Any]) -> None:
-    # The login user may be a superuser (the embedded setup): act as the application role, which
-    # may only execute api functions, and may not call them without a key.
+    # The login may hold more than atp_app (the owner's powers, when `make run` is given a
+    # DATABASE_URL): act as the application role, which may only execute api functions, and may
+    # not call them without a key. (The embedded setup logs in as atp_app itself.)
     if role:
         await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
     # The functions are written for read committed (each statement sees what committed before

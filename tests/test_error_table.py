@@ -77,3 +77,18 @@ def test_every_operation_error_response_is_defined(api: Api) -> None:
         if "$ref" in response
     }
     assert used <= defined, used - defined
+
+
+def test_every_code_the_functions_raise_is_in_the_table(api: Api) -> None:
+    """A code raised in sql/ without its row in api.error_codes() would reach a caller under
+    the server's generic fallback name for its status: none is."""
+    literal = re.compile(r"'(L[45]\d{3})'")
+    raised = {
+        code
+        for path in (ROOT / "sql").rglob("*.sql")
+        if path.name != "error_codes.sql"
+        for code in literal.findall(path.read_text())
+    }
+    assert raised, "no L code found in sql/"
+    listed = {state for state, _, _, _ in database_errors(api)}
+    assert raised - listed == set(), "codes raised in sql/ that api.error_codes() lacks"
