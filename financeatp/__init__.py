@@ -12,5 +12,6 @@ maintenance the scheduled jobs (api.run_maintenance) every worker runs
 pgcluster   PostgreSQL clusters on this machine: binaries, free ports, running as postgres
 embedded    the embedded database of `make run` when DATABASE_URL is unset
 serving     uvicorn: one worker in-process or a supervisor of several
-commands    `python app.py run|serve|migrate|api-key`
+protocol    uvicorn's HTTP protocol, answering what it refuses itself in the contract's shape
+commands    `python app.py run|serve|migrate|api-key|stop`
 """

@@ -22,8 +22,9 @@ async def run_maintenance(
     """api.run_maintenance() every MAINTENANCE_INTERVAL seconds, in every worker: each job is
     safe to run concurrently and cheap when there is nothing to do, and it needs no leader.
     While a run says that more is waiting (a job stopped at its batch limit, or expired holds
-    are still pending after some were released: "more"), the next follows at once,
-    each in its own transaction, so that the locks of a batch are held for one batch only.
+    are still pending after some were released: "more"), the next follows AGAIN_AFTER
+    seconds later, each in its own transaction, so that the locks of a batch are held for one
+    batch only.
     The first run waits first_delay seconds (default: up to 10 s at random, so that the workers
     do not all start at once)."""
     if first_delay is None:

@@ -1,6 +1,7 @@
 """PostgreSQL clusters on this machine: the embedded one of `make run`, and the throwaway ones
 of the benchmarks and drills. One way to find the server binaries, a free port, and to run
-PostgreSQL as the postgres system user when we are root (initdb and postgres refuse root)."""
+PostgreSQL as the postgres system user when we are root (initdb and postgres refuse root), which
+the tests use too."""
 
 from __future__ import annotations
 
@@ -148,11 +149,6 @@ class LocalCluster:
         if self.run_pg(self.tool("pg_ctl"), "status", "-D", str(self.data)).returncode != 0:
             return None
         return int((self.data / "postmaster.pid").read_text().splitlines()[3])
-
-    def postmaster_pid(self) -> int | None:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            return int((self.data / "postmaster.pid").read_text().split()[0])
-        return None
 
     def start(self, port: int | None = None) -> None:
         self.port = port or free_port()

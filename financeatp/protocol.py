@@ -1,12 +1,12 @@
-"""HTTP/1.1 as uvicorn's httptools protocol speaks it, with its own answers in the contract's
-shape. Before any application sees a request, uvicorn answers two itself, in plain text: one that
-is not HTTP/1.1 (400) and one over its concurrency limit (503); and it waits for a request line
-and headers of any size for any time (its httptools protocol has no limit, so a client could make
-a worker hold megabytes per connection, or connections that never finish a request). Here both
-answers are the contract's JSON error body with the headers every other answer carries, a head
-over MAX_HEAD_BYTES is refused as nginx refuses one over its buffers (400), and a head not
-complete HEAD_SECONDS after the connection or its first byte as nginx and Node.js time one out
-(408); after each of these the connection is closed."""
+"""HTTP/1.x as uvicorn's httptools protocol speaks it, with its own answers in the contract's
+shape. Before any application sees a request, uvicorn answers two itself, in plain text: one
+that cannot be parsed as HTTP/1.x (400) and one over its concurrency limit (503); and it waits
+for a request line and headers of any size for any time (its httptools protocol has no limit, so
+a client could make a worker hold megabytes per connection, or connections that never finish a
+request). Here both answers are the contract's JSON error body with the headers every other
+answer carries, a head over MAX_HEAD_BYTES is refused as nginx refuses one over its buffers
+(400), and a head not complete HEAD_SECONDS after the connection or its first byte as nginx and
+Node.js time one out (408); after each of these the connection is closed."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ log = logging.getLogger("financeatp")
 # headersTimeout and nginx's client_header_timeout are 60 s too).
 MAX_HEAD_BYTES = 16 * 1024
 HEAD_SECONDS = 60.0
-NOT_HTTP = "the request is not valid HTTP/1.1: its request line or a header could not be parsed"
+NOT_HTTP = "the request is not valid HTTP/1.x: its request line or a header could not be parsed"
 HEAD_TOO_LARGE = f"the request line and headers are over {MAX_HEAD_BYTES} bytes"
 HEAD_TOO_SLOW = "the request line and headers did not arrive in time"
 BUSY = "the server holds as many connections and requests as it takes; retry in a moment"

@@ -54,7 +54,10 @@ def clean_text(value: str, what: str) -> str:
 
 
 def field_value(field: Field, value: Any) -> str | None:
-    """A JSON value as the text PostgreSQL parses; only JSON types are judged here."""
+    """A JSON value as the text PostgreSQL parses. Judged here is only the value's shape: its
+    JSON type, a UUID's form, an amount's plain decimal notation, an integer's range, text that
+    PostgreSQL could not store (NUL, invalid Unicode), each element of an array; what the value
+    means is the database's to judge."""
     if value is None:
         return field.null_as
     if field.kind == "array":
