@@ -57,7 +57,14 @@ from financeatp.operations import OPERATIONS, ErrorCode, Operation
 from financeatp.pgcall import Connection, Row, Statement, fetch_row
 from financeatp.routing import routing_path
 from financeatp.serving import stop_with_supervisor
-from financeatp.values import field_value, parse_object, query_value, read_body, uuid_text
+from financeatp.values import (
+    field_value,
+    parse_object,
+    query_value,
+    read_body,
+    refuse_body,
+    uuid_text,
+)
 
 # --- settings ------------------------------------------------------------------------------
 
@@ -272,6 +279,7 @@ async def arguments(request: Request, op: Operation, limit: int) -> dict[str, st
         body = parse_object(await read_body(request, limit), op.body_required)
         args |= body_arguments(op, body)
     else:
+        refuse_body(request)
         body = {}
     if op.writes:
         args["request_hash"] = request_hash(

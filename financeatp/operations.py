@@ -27,8 +27,9 @@ HTTP_ERRORS: tuple[ErrorCode, ...] = (
     ErrorCode(None, 400, "invalid_request", "Or the request's shape is wrong: malformed JSON, "
               "a number where an amount string belongs, an amount not in plain decimal notation, "
               "a time that is not RFC 3339, an unknown field, a malformed UUID, a missing "
-              "Idempotency-Key header, a chunked body, a request that cannot be parsed as "
-              "HTTP/1.x, a request line and headers over 16 KB (the connection is closed). A "
+              "Idempotency-Key header, a chunked body, a body on a request that takes none, a "
+              "request that cannot be parsed as HTTP/1.x, a request line and headers over 16 "
+              "KB (the connection is closed). A "
               "request with an unknown key is 401, with a key that lacks the permission 403, and "
               "with a key over its rate limit 429, before its shape is judged."),
     ErrorCode(None, 404, "not_found", "Or there is no such route."),

@@ -250,6 +250,15 @@ async def read_body(request: Request, limit: int) -> bytes:
             return b"".join(chunks)
 
 
+def refuse_body(request: Request) -> None:
+    """A request whose operation takes no body is refused when it sends one: ignored, a body (a
+    reason given with a delete, say) would look accepted. Only its Content-Length is read (a
+    chunked body was refused before the application)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip("0") != "":
+        raise invalid("this request takes no body")
+
+
 def too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"the request body is larger than {limit} bytes")
 

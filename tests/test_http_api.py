@@ -337,6 +337,9 @@ def test_invalid_request_shapes(api: Api, admin_key: str) -> None:
             "PATCH", f"/users/{alice}", admin_key, {"display_name": "x", "expected_version": "1"}
         ),
         "nothing to update": api.request("PATCH", f"/users/{alice}", admin_key, {}),
+        "a body on a read": api.request(
+            "GET", f"/users/{alice}/balance", admin_key, content=b'{"as_of": "now"}'
+        ),
     }
     for name, response in cases.items():
         assert response.status_code == 400, f"{name}: {response.status_code} {response.text}"
@@ -356,6 +359,19 @@ def test_invalid_request_shapes(api: Api, admin_key: str) -> None:
     for name, message in impossible.items():
         assert cases[name].json()["message"] == message, name
     assert api.balance(admin_key, alice) == "0.00000000"
+
+
+def test_a_body_where_none_is_taken_is_refused(api: Api, admin_key: str) -> None:
+    """A body sent to a route that takes none (a reason given with a delete) is refused rather
+    than ignored, and nothing happens; an empty one is no body."""
+    user = api.new_user(admin_key)["user_id"]
+    refused = api.request("DELETE", f"/users/{user}", admin_key, content=b'{"reason": "fraud"}')
+    expect_error(refused, 400, "invalid_request")
+    assert refused.json()["message"] == "this request takes no body"
+    assert api.request("GET", f"/users/{user}", admin_key).status_code == 200
+    empty = api.request("DELETE", f"/users/{user}", admin_key, content=b"")
+    assert empty.status_code == 200, empty.text
+    assert empty.json()["status"] == "deleted"
 
 
 def test_zeros_that_change_nothing_may_be_many(api: Api, admin_key: str) -> None:
