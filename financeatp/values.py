@@ -1,7 +1,7 @@
 """A request's JSON values as the text PostgreSQL parses: only JSON types, UUID shapes, integers
 that fit their parameter's type, times that exist, text that PostgreSQL can store, each field
-given once, and the body's size are judged here; every rule about what a value means is the
-database's."""
+given once, the body's size, and no body where none is taken are judged here; every rule about
+what a value means is the database's."""
 
 from __future__ import annotations
 
