@@ -67,7 +67,8 @@ BEGIN
        AND e.created_at <= get_balance.as_of;
     IF _snapshot.version IS NULL AND _replayed.events = 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'L4041',
-            MESSAGE = format('user %s did not exist at %s', get_balance.user_id, ledger.rfc3339(get_balance.as_of));
+            MESSAGE = format('user %s did not exist at %s', get_balance.user_id,
+                             COALESCE(ledger.rfc3339(get_balance.as_of), get_balance.as_of::text));
     END IF;
     RETURN json_build_object(
         'user_id', get_balance.user_id,

@@ -28,7 +28,8 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'L4011', MESSAGE = 'the API key has expired';
     WHEN 'permission' THEN
         RAISE EXCEPTION USING ERRCODE = 'L4031',
-            MESSAGE = format('the API key %s lacks the %s permission', refuse.key_name, refuse.permission);
+            MESSAGE = format('the API key %s lacks the %s permission%s', refuse.key_name, refuse.permission,
+                             CASE WHEN refuse.permission = 'maintenance' THEN ' (admin keys hold it)' ELSE '' END);
     WHEN 'idempotency_key_required' THEN
         RAISE EXCEPTION USING ERRCODE = 'L4001',
             MESSAGE = 'an idempotency key is required for requests made with an API key';

@@ -1,7 +1,7 @@
 -- Reads: get_balance (now and as_of, with snapshots), get_history (order, kinds, balance_after,
 -- cursor pagination) and get_transfer. (list_events needs committed transactions: 16_event_feed.sql.)
 BEGIN;
-SELECT plan(58);
+SELECT plan(59);
 
 CREATE TEMP TABLE k (name text PRIMARY KEY, id uuid, key text, hash text);
 INSERT INTO k
@@ -63,6 +63,9 @@ SELECT throws_ok($$SELECT api.get_balance('a11ce000-0000-4000-8000-000000000001'
                  'L4001', NULL, 'as_of in the future is refused');
 SELECT throws_ok($$SELECT api.get_balance('deadbeef-0000-4000-8000-000000000000', as_of => now())$$,
                  'L4041', NULL, 'as_of of an unknown user is user_not_found');
+SELECT throws_ok($$SELECT api.get_balance('a11ce000-0000-4000-8000-000000000001', as_of => '-infinity')$$,
+                 'L4041', 'user a11ce000-0000-4000-8000-000000000001 did not exist at -infinity',
+                 'a moment with no RFC 3339 form (from psql) is named as it was given');
 
 -- ---------------------------------------------------------------- snapshots: dave gets 205 mints of 1, 2, ..., 205 ATP
 SELECT * FROM api.create_user('da7e0000-0000-4000-8000-000000000004', 'dave', 'dave@example.com') \g /dev/null

@@ -2,7 +2,7 @@
 -- revoked and expired keys; permissions of every api function; the rate limit; the roles atp_app and
 -- atp_auditor; and the security properties every api function must have.
 BEGIN;
-SELECT plan(257);
+SELECT plan(258);
 
 CREATE TEMP TABLE ck (name text PRIMARY KEY, j jsonb);
 CREATE TEMP TABLE k (name text PRIMARY KEY, id uuid, key text, hash text);
@@ -241,6 +241,9 @@ SELECT throws_ok(format(call, (SELECT hash FROM k WHERE name = 'victim'), 'c'), 
 SELECT throws_ok(format(call, (SELECT hash FROM k WHERE name = lacking), 'c'), 'L4031', NULL,
                  fn || ' refuses a ' || lacking || ' key')
   FROM calls ORDER BY fn;
+SELECT throws_ok(format((SELECT call FROM calls WHERE fn = 'run_maintenance'), (SELECT hash FROM k WHERE name = 'write'), 'c'),
+                 'L4031', 'the API key write lacks the maintenance permission (admin keys hold it)',
+                 'the maintenance permission, which no key is given by name, says who holds it');
 SELECT throws_ok(format(call, (SELECT hash FROM k WHERE name = 'admin'), repeat('c', 129)), 'L4001', NULL,
                  fn || ' refuses a correlation id over 128 characters')
   FROM calls ORDER BY fn;
